@@ -1,0 +1,35 @@
+import json
+import os
+
+import pytest
+
+from tbkeras import files
+
+
+def test_atomic_write_json_round_trip(tmp_path):
+    path = str(tmp_path / "sub" / "a.json")
+    files.atomic_write_json(path, {"x": [1, 2]})
+    assert files.read_json(path) == {"x": [1, 2]}
+    assert os.listdir(tmp_path / "sub") == ["a.json"]
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
+    path = str(tmp_path / "a.txt")
+    files.atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("killed")
+    assert open(path).read() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_read_json_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest not found: .*nope.json"):
+        files.read_json(str(tmp_path / "nope.json"), what="manifest")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        files.read_json(str(bad))
+    json.loads("{}")
