@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -32,4 +31,3 @@ def test_read_json_errors_name_the_path(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         files.read_json(str(bad))
-    json.loads("{}")
