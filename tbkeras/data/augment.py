@@ -1,0 +1,284 @@
+"""Clip-consistent augmentation: parameters drawn once per clip, applied to every frame of it.
+
+A video model learns motion from how frames differ; an augmentation that differed from frame to
+frame would invent motion. So each clip draws one crop box, one flip, one set of colour factors and
+one erasing box, and every op below is vectorised over `[C, T, ...]` (C clips of T frames) with the
+per-clip parameters broadcast over frames, never a Python loop per frame.
+
+Pixels leave as float32 RGB in [0, 1]; `normalize` applies a mean/std (export reuses it).
+
+The settings and the order of the ops follow the official TimeBalance loaders
+(`dataloaders/dl_ssl.py` for `STRONG`, `dl_semisup_2clips.py` for `WEAK`): resized crop, contrast,
+hue, saturation, brightness, then grayscale (with a gamma change) or dropping one colour channel,
+horizontal flip, random erasing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import tensorflow as tf
+
+Range = tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """What a training clip may undergo. A `*_prob` of 0 switches the op off.
+
+    crop_side: side of the crop as a fraction of the frame's side, uniform in the range.
+    crop_aspect: log-uniform multiplier of the crop's aspect ratio relative to the frame's
+      (1 = same shape as the frame, as the official code; the crop is then resized to S x S).
+    brightness / contrast / saturation: multiplicative factor ranges; hue: shift range in turns of
+      the hue circle (torchvision's `hue_factor`); each applied with its probability.
+    grayscale_prob: to grayscale, then a gamma in `gamma` with `gamma_prob`.
+    channel_drop_prob: zero one random colour channel (exclusive with grayscale, as the official).
+    erase_prob / erase_height / erase_width / erase_count: `erase_count` independent chances to
+      zero a box whose sides are fractions of the crop size.
+    """
+
+    crop_side: Range = (0.5, 1.0)
+    crop_aspect: Range = (1.0, 1.0)
+    flip_prob: float = 0.5
+    brightness: Range = (0.75, 1.25)
+    brightness_prob: float = 0.3
+    contrast: Range = (0.75, 1.25)
+    contrast_prob: float = 0.25
+    saturation: Range = (0.75, 1.25)
+    saturation_prob: float = 0.3
+    hue: Range = (-0.1, 0.1)
+    hue_prob: float = 0.3
+    grayscale_prob: float = 0.175
+    gamma: Range = (0.75, 1.25)
+    gamma_prob: float = 0.75
+    channel_drop_prob: float = 0.125
+    erase_prob: float = 0.7
+    erase_height: Range = (0.18, 0.36)
+    erase_width: Range = (0.24, 0.48)
+    erase_count: int = 1
+
+
+# SSL pretraining (official dl_ssl.py: cropping_fac 0.5; erase sizes are its H/6..H/3 and
+# W/6..W/3 of a 320x240 UCF101 frame, as fractions of a 224 crop).
+STRONG = AugmentConfig()
+
+# Finetuning and the student (official dl_semisup_2clips.py: min_crop_factor_training 0.4, halved
+# jitter probabilities, narrower ranges). DESIGN.md keeps random erasing for SSL only; the official
+# student loader also erased (p=0.4, twice): `dataclasses.replace(WEAK, erase_prob=0.4,
+# erase_count=2)` reproduces it.
+WEAK = AugmentConfig(
+    crop_side=(0.4, 1.0),
+    brightness=(0.9, 1.1),
+    brightness_prob=0.15,
+    contrast=(0.9, 1.1),
+    contrast_prob=0.125,
+    saturation=(0.9, 1.1),
+    saturation_prob=0.15,
+    hue=(-0.05, 0.05),
+    hue_prob=0.15,
+    grayscale_prob=0.1,
+    gamma=(0.85, 1.15),
+    channel_drop_prob=0.0,
+    erase_prob=0.0,
+)
+
+
+def normalize(x: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """`(x - mean) / std` over the last (RGB) axis; `x` float in [0, 1]."""
+    mean = tf.constant(mean, x.dtype)
+    std = tf.constant(std, x.dtype)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------- crops
+
+def _pixel_boxes(top, left, height, width, frame_h, frame_w, size: int) -> tf.Tensor:
+    """Normalised `crop_and_resize` boxes `[C, 4]` for pixel rectangles, with half-pixel centres
+    so that cropping then resizing matches `tf.image.resize` of the cropped pixels."""
+    frame_h = tf.cast(frame_h, tf.float32)
+    frame_w = tf.cast(frame_w, tf.float32)
+    y1 = top + 0.5 * height / size - 0.5
+    x1 = left + 0.5 * width / size - 0.5
+    y2 = top + height - 0.5 * height / size - 0.5
+    x2 = left + width - 0.5 * width / size - 0.5
+    # crop_and_resize maps 0 -> first pixel and 1 -> last pixel.
+    return tf.stack(
+        [y1 / tf.maximum(frame_h - 1, 1), x1 / tf.maximum(frame_w - 1, 1),
+         y2 / tf.maximum(frame_h - 1, 1), x2 / tf.maximum(frame_w - 1, 1)], axis=-1)
+
+
+def random_crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config: AugmentConfig,
+                      size: int) -> tf.Tensor:
+    """One random resized crop per clip: normalised boxes `[num_clips, 4]`."""
+    s = tf.random.experimental.stateless_split(seed, 4)
+    h = tf.cast(frame_h, tf.float32)
+    w = tf.cast(frame_w, tf.float32)
+    side = tf.random.stateless_uniform([num_clips], s[0], *config.crop_side)
+    log_lo, log_hi = (tf.math.log(float(a)) for a in config.crop_aspect)
+    aspect = tf.exp(tf.random.stateless_uniform([num_clips], s[1], log_lo, log_hi))
+    crop_h = tf.clip_by_value(side * h / tf.sqrt(aspect), 1.0, h)
+    crop_w = tf.clip_by_value(side * w * tf.sqrt(aspect), 1.0, w)
+    top = tf.random.stateless_uniform([num_clips], s[2]) * (h - crop_h)
+    left = tf.random.stateless_uniform([num_clips], s[3]) * (w - crop_w)
+    return _pixel_boxes(top, left, crop_h, crop_w, h, w, size)
+
+
+def eval_crop_boxes(frame_h, frame_w, num_crops: int, size: int) -> tf.Tensor:
+    """Boxes `[num_crops, 4]` of the evaluation crops.
+
+    The short side is resized to `size` first, so each crop is the square of side = short side;
+    with 3 crops they sit at the start, centre and end of the long side, with 1 crop at the centre
+    (the official code's single centre crop).
+    """
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops must be 1 (centre) or 3 (both ends and centre), got {num_crops}")
+    h = tf.cast(frame_h, tf.float32)
+    w = tf.cast(frame_w, tf.float32)
+    short = tf.minimum(h, w)
+    fractions = tf.constant([0.5] if num_crops == 1 else [0.0, 0.5, 1.0])
+    top = fractions * (h - short)
+    left = fractions * (w - short)
+    side = tf.fill([num_crops], short)
+    return _pixel_boxes(top, left, side, side, h, w, size)
+
+
+def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+    """Crop and resize clip c's frames with box c, all clips in one op.
+
+    Args:
+      frames: uint8 or float `[N, H, W, 3]` (decoded frames, 0..255).
+      frame_ids: int `[C, T]`, the frames (rows of `frames`) of each clip.
+      boxes: float `[C, 4]` normalised boxes, one per clip.
+    Returns:
+      float32 `[C, T, size, size, 3]` in [0, 1].
+    """
+    c = tf.shape(frame_ids)[0]
+    t = tf.shape(frame_ids)[1]
+    per_frame_boxes = tf.repeat(boxes, t, axis=0)
+    out = tf.image.crop_and_resize(
+        tf.cast(frames, tf.float32), per_frame_boxes, tf.reshape(frame_ids, [-1]), [size, size])
+    return tf.reshape(out / 255.0, [c, t, size, size, 3])
+
+
+# --------------------------------------------------------------------------- colour and erasing
+
+def _gray(x: tf.Tensor) -> tf.Tensor:
+    return tf.image.rgb_to_grayscale(x)  # [..., 1], ITU-R 601 weights as torchvision
+
+
+def _per_clip(values: tf.Tensor) -> tf.Tensor:
+    """`[C]` -> `[C, 1, 1, 1, 1]`, to broadcast over `[C, T, S, S, 3]`."""
+    return tf.reshape(values, [-1, 1, 1, 1, 1])
+
+
+def _factor(seed, num_clips, value_range: Range, prob: float, identity: float) -> tf.Tensor:
+    """Per-clip factor: uniform in the range with probability `prob`, else the identity."""
+    s = tf.random.experimental.stateless_split(seed, 2)
+    value = tf.random.stateless_uniform([num_clips], s[0], *value_range)
+    apply = tf.random.stateless_uniform([num_clips], s[1]) < prob
+    return tf.where(apply, value, identity)
+
+
+def color_jitter(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Contrast, hue, saturation, brightness (torchvision's definitions), one draw per clip.
+
+    `clips`: float `[C, T, S, S, 3]` in [0, 1]. A factor not drawn is the identity.
+    """
+    n = tf.shape(clips)[0]
+    s = tf.random.experimental.stateless_split(seed, 4)
+    contrast = _factor(s[0], n, config.contrast, config.contrast_prob, 1.0)
+    hue = _factor(s[1], n, config.hue, config.hue_prob, 0.0)
+    saturation = _factor(s[2], n, config.saturation, config.saturation_prob, 1.0)
+    brightness = _factor(s[3], n, config.brightness, config.brightness_prob, 1.0)
+
+    mean = tf.reduce_mean(_gray(clips), axis=[2, 3, 4], keepdims=True)  # per frame, as torchvision
+    x = tf.clip_by_value(mean + _per_clip(contrast) * (clips - mean), 0.0, 1.0)
+
+    def shift_hue(x):
+        hsv = tf.image.rgb_to_hsv(x)
+        h = tf.math.floormod(hsv[..., :1] + _per_clip(hue), 1.0)
+        return tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], axis=-1))
+
+    # Hue goes through HSV, the one costly op: skip it when no clip drew a shift.
+    x = tf.cond(tf.reduce_any(hue != 0.0), lambda: shift_hue(x), lambda: x)
+    gray = _gray(x)
+    x = tf.clip_by_value(gray + _per_clip(saturation) * (x - gray), 0.0, 1.0)
+    return tf.clip_by_value(_per_clip(brightness) * x, 0.0, 1.0)
+
+
+def grayscale_or_channel_drop(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Per clip: grayscale (then maybe gamma), or zero one channel, or neither."""
+    n = tf.shape(clips)[0]
+    s = tf.random.experimental.stateless_split(seed, 3)
+    u = tf.random.stateless_uniform([n], s[0])
+    to_gray = u < config.grayscale_prob
+    drop = (u >= config.grayscale_prob) & (u < config.grayscale_prob + config.channel_drop_prob)
+    gamma = _factor(s[1], n, config.gamma, config.gamma_prob, 1.0)
+    gray_clips = tf.pow(tf.broadcast_to(_gray(clips), tf.shape(clips)), _per_clip(gamma))
+    x = tf.where(_per_clip(to_gray), gray_clips, clips)
+    channel = tf.random.stateless_uniform([n], s[2], 0, 3, dtype=tf.int32)
+    keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
+    return x * tf.reshape(keep, [-1, 1, 1, 1, 3])
+
+
+def random_flip(clips: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
+    """Mirror each clip left-right with probability `prob` (the whole clip or none of it)."""
+    flip = tf.random.stateless_uniform([tf.shape(clips)[0]], seed) < prob
+    return tf.where(_per_clip(flip), tf.reverse(clips, axis=[3]), clips)
+
+
+def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Zero one box per clip (same pixels in every frame), `erase_count` chances of `erase_prob`.
+
+    The box's top-left corner is uniform over the crop and the box is clipped at its edges, as
+    torchvision's `erase` in the official loader.
+    """
+    n = tf.shape(clips)[0]
+    size = tf.shape(clips)[2]
+    size_f = tf.cast(size, tf.float32)
+    pos = tf.range(size, dtype=tf.float32)[None, :]  # [1, S]
+    erased = tf.zeros([n, size, size], tf.bool)
+    for s in tf.unstack(tf.random.experimental.stateless_split(seed, config.erase_count)):
+        k = tf.random.experimental.stateless_split(s, 5)
+        apply = tf.random.stateless_uniform([n], k[0]) < config.erase_prob
+        top = tf.floor(tf.random.stateless_uniform([n, 1], k[1]) * size_f)
+        left = tf.floor(tf.random.stateless_uniform([n, 1], k[2]) * size_f)
+        height = tf.round(tf.random.stateless_uniform([n, 1], k[3], *config.erase_height) * size_f)
+        width = tf.round(tf.random.stateless_uniform([n, 1], k[4], *config.erase_width) * size_f)
+        rows = (pos >= top) & (pos < top + height)  # [C, S]
+        cols = (pos >= left) & (pos < left + width)
+        erased |= rows[:, :, None] & cols[:, None, :] & apply[:, None, None]
+    keep = 1.0 - tf.cast(erased, clips.dtype)
+    return clips * keep[:, None, :, :, None]
+
+
+def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
+                  config: AugmentConfig | None, size: int) -> tf.Tensor:
+    """Cut C training clips out of decoded frames, each with its own augmentation.
+
+    Args:
+      frames: uint8 `[N, H, W, 3]`, decoded frames (clips may share them).
+      frame_ids: int `[C, T]`, rows of `frames` that make each clip.
+      seed: int `[2]` stateless seed; same seed, same augmentation.
+      config: the augmentation; None gives the deterministic centre crop of the short side.
+      size: output crop size S.
+    Returns:
+      float32 `[C, T, S, S, 3]` in [0, 1].
+    """
+    num_clips = frame_ids.shape[0]
+    if num_clips is None:
+        raise ValueError("augment_clips needs a static number of clips (frame_ids.shape[0])")
+    frame_h = tf.shape(frames)[1]
+    frame_w = tf.shape(frames)[2]
+    if config is None:
+        boxes = tf.tile(eval_crop_boxes(frame_h, frame_w, 1, size), [num_clips, 1])
+        return crop_clips(frames, frame_ids, boxes, size)
+    s = tf.random.experimental.stateless_split(seed, 5)
+    boxes = random_crop_boxes(s[0], num_clips, frame_h, frame_w, config, size)
+    x = crop_clips(frames, frame_ids, boxes, size)
+    x = color_jitter(x, s[1], config)
+    x = grayscale_or_channel_drop(x, s[2], config)
+    x = random_flip(x, s[3], config.flip_prob)
+    if config.erase_prob > 0 and config.erase_count > 0:
+        x = random_erase(x, s[4], config)
+    return x

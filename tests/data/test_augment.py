@@ -1,0 +1,146 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tbkeras.data import augment
+from tests.data.shard_fixtures import column_x, frame_pixels
+
+H, W, S, T = 32, 40, 16, 4
+SEED = tf.constant([3, 4], tf.int64)
+
+# Every op fires on every clip, so a per-frame draw could not hide.
+ALWAYS = augment.AugmentConfig(
+    crop_side=(0.5, 0.9), crop_aspect=(0.75, 1.33), flip_prob=1.0, brightness_prob=1.0,
+    contrast_prob=1.0, saturation_prob=1.0, hue_prob=1.0, grayscale_prob=0.0, channel_drop_prob=0.0,
+    erase_prob=1.0, erase_count=2)
+NOTHING = augment.AugmentConfig(
+    crop_side=(1.0, 1.0), flip_prob=0.0, brightness_prob=0.0, contrast_prob=0.0, saturation_prob=0.0,
+    hue_prob=0.0, grayscale_prob=0.0, channel_drop_prob=0.0, erase_prob=0.0)
+
+
+def _textured_frame(seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+
+
+def _identical_clip_frames():
+    """T copies of one frame in separate rows, and 3 clips over them."""
+    frames = np.stack([_textured_frame()] * T)
+    ids = np.tile(np.arange(T), (3, 1))
+    return tf.constant(frames), tf.constant(ids, tf.int32)
+
+
+def _assert_frames_identical(clips):
+    clips = np.asarray(clips)
+    for c in range(clips.shape[0]):
+        for t in range(1, clips.shape[1]):
+            np.testing.assert_allclose(clips[c, t], clips[c, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [ALWAYS, augment.STRONG, augment.WEAK,
+                                    dataclasses.replace(ALWAYS, grayscale_prob=1.0),
+                                    dataclasses.replace(ALWAYS, channel_drop_prob=1.0)])
+def test_every_frame_of_a_clip_gets_the_same_augmentation(config):
+    frames, ids = _identical_clip_frames()
+    for i in range(3):
+        out = augment.augment_clips(frames, ids, tf.constant([i, 1], tf.int64), config, S).numpy()
+        assert out.shape == (3, T, S, S, 3) and out.dtype == np.float32
+        assert 0.0 <= out.min() and out.max() <= 1.0
+        _assert_frames_identical(out)
+
+
+def test_each_op_alone_keeps_frames_identical_and_changes_pixels():
+    frames, ids = _identical_clip_frames()
+    clips = augment.crop_clips(frames, ids, tf.constant([[0.0, 0.0, 1.0, 1.0]] * 3), S)
+    ops = {
+        "color_jitter": lambda x: augment.color_jitter(x, SEED, ALWAYS),
+        "grayscale": lambda x: augment.grayscale_or_channel_drop(
+            x, SEED, dataclasses.replace(ALWAYS, grayscale_prob=1.0)),
+        "channel_drop": lambda x: augment.grayscale_or_channel_drop(
+            x, SEED, dataclasses.replace(ALWAYS, channel_drop_prob=1.0)),
+        "flip": lambda x: augment.random_flip(x, SEED, 1.0),
+        "erase": lambda x: augment.random_erase(x, SEED, ALWAYS),
+    }
+    for name, op in ops.items():
+        out = op(clips).numpy()
+        _assert_frames_identical(out)
+        assert np.abs(out - clips.numpy()).max() > 0.01, f"{name} changed nothing"
+
+
+def test_flip_flips_and_crop_crops():
+    frame = frame_pixels(0, H, W)
+    frames = tf.constant(frame[None])
+    ids = tf.zeros([1, 1], tf.int32)
+    plain = augment.augment_clips(frames, ids, SEED, NOTHING, S).numpy()[0, 0]
+    flipped = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, flip_prob=1.0), S).numpy()[0, 0]
+    np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-6)
+    xs = column_x(plain, W)
+    assert xs[0] < 2 and xs[-1] > W - 3  # full frame
+    half = dataclasses.replace(NOTHING, crop_side=(0.5, 0.5))
+    for i in range(5):
+        xs = column_x(augment.augment_clips(frames, ids, tf.constant([i, 0], tf.int64), half, S).numpy()[0, 0], W)
+        span = xs[-1] - xs[0] + (W / 2) / S  # first to last column centre, plus one output pixel
+        assert abs(span - W / 2) < 1.5
+        assert xs[0] > -1 and xs[-1] < W
+
+
+def test_grayscale_and_channel_drop():
+    frames, ids = _identical_clip_frames()
+    gray = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, grayscale_prob=1.0,
+                                                                          gamma_prob=0.0), S).numpy()
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+    dropped = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, channel_drop_prob=1.0), S).numpy()
+    zero_channels = (dropped == 0).all(axis=(1, 2, 3))  # [clips, 3]
+    assert (zero_channels.sum(axis=1) == 1).all()
+
+
+def test_random_crop_boxes_respect_ranges():
+    h, w, size = 120, 160, 112
+    config = dataclasses.replace(NOTHING, crop_side=(0.4, 0.8), crop_aspect=(0.5, 2.0))
+    boxes = augment.random_crop_boxes(SEED, 500, h, w, config, size).numpy()
+    # Undo the half-pixel box convention: pixel extent = (box span) * (side - 1) * S / (S - 1).
+    height = (boxes[:, 2] - boxes[:, 0]) * (h - 1) * size / (size - 1)
+    width = (boxes[:, 3] - boxes[:, 1]) * (w - 1) * size / (size - 1)
+    top = boxes[:, 0] * (h - 1) - 0.5 * height / size + 0.5
+    left = boxes[:, 1] * (w - 1) - 0.5 * width / size + 0.5
+    side = np.sqrt((height / h) * (width / w))
+    assert side.min() >= 0.4 - 1e-3 and side.max() <= 0.8 + 1e-3
+    ratio = (width / w) / (height / h)
+    assert ratio.min() < 0.7 and ratio.max() > 1.4  # the aspect really varies
+    assert top.min() >= -1e-3 and (top + height).max() <= h + 1e-3
+    assert left.min() >= -1e-3 and (left + width).max() <= w + 1e-3
+
+
+def test_augmentation_is_seeded():
+    frames, ids = _identical_clip_frames()
+    a = augment.augment_clips(frames, ids, SEED, augment.STRONG, S).numpy()
+    b = augment.augment_clips(frames, ids, SEED, augment.STRONG, S).numpy()
+    c = augment.augment_clips(frames, ids, tf.constant([9, 9], tf.int64), augment.STRONG, S).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.01
+
+
+@pytest.mark.parametrize("num_crops,lefts", [(3, [0, 4, 8]), (1, [4])])
+def test_eval_crops_cover_both_ends_and_centre_of_the_long_side(num_crops, lefts):
+    frame = tf.constant(frame_pixels(0, H, W)[None])
+    boxes = augment.eval_crop_boxes(H, W, num_crops, S)
+    out = augment.crop_clips(frame, tf.zeros([num_crops, 1], tf.int32), boxes, S).numpy()
+    for crop, left in zip(out[:, 0], lefts):
+        xs = column_x(crop, W)
+        # Short side (32) resized to 16: output column j comes from x = left + 2j + 0.5.
+        np.testing.assert_allclose(xs, left + 2 * np.arange(S) + 0.5, atol=1.0)
+
+
+def test_eval_crops_of_a_portrait_frame_run_along_its_height():
+    boxes = augment.eval_crop_boxes(40, 32, 3, 16).numpy()
+    np.testing.assert_allclose(boxes[:, 1], boxes[0, 1])  # same columns
+    tops = boxes[:, 0] * 39
+    np.testing.assert_allclose(tops - tops[0], [0, 4, 8], atol=1e-4)
+    with pytest.raises(ValueError, match="num_crops"):
+        augment.eval_crop_boxes(40, 32, 2, 16)
+
+
+def test_normalize():
+    x = tf.constant([[0.5, 0.25, 1.0]])
+    np.testing.assert_allclose(augment.normalize(x, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)).numpy(), [[0, 0, 0.5]])
