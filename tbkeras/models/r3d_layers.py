@@ -1,0 +1,157 @@
+"""Building blocks of the 3D ResNets that Keras does not provide as-is.
+
+- `TemporallyDilatedConv3D`: a Conv3D with temporal dilation *and* spatial stride (TCLR's layer4).
+  Keras (and `tf.nn.convolution`) refuse strides > 1 together with dilation > 1, so we fold time.
+- `SpatialAveragePooling3D`: `[B, T, H, W, C] -> [B, T, C]`, computed in float32.
+- `conv3d_bn`: PyTorch-style convolution (explicit symmetric zero padding + 'valid' conv, no bias)
+  followed by BatchNorm with PyTorch's epsilon / momentum, optionally ReLU.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import ops
+
+# PyTorch BatchNorm defaults: eps 1e-5, momentum 0.1 (= Keras momentum 0.9).
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+
+def conv_initializer() -> keras.initializers.Initializer:
+    """He-normal with fan_out, the initialisation torchvision's video ResNets use."""
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def batch_norm(x, name: str):
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+
+
+def conv3d_bn(
+    x,
+    filters: int,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    *,
+    conv_name: str,
+    bn_name: str,
+    relu: bool,
+    temporal_dilation: int = 1,
+):
+    """Conv3D (no bias, PyTorch padding `k // 2` on each side) -> BatchNorm -> optional ReLU.
+
+    With `temporal_dilation > 1` the temporal padding is `dilation * (k_t // 2)`, as in TCLR's
+    `padding=(2, 1, 1), dilation=(2, 1, 1)`, so the temporal length only changes by the stride.
+    """
+    kernel_size, strides = tuple(kernel_size), tuple(strides)
+    if temporal_dilation > 1:
+        x = TemporallyDilatedConv3D(
+            filters, kernel_size, strides, temporal_dilation=temporal_dilation, name=conv_name
+        )(x)
+    else:
+        padding = tuple((k // 2, k // 2) for k in kernel_size)
+        if any(p for p, _ in padding):
+            x = keras.layers.ZeroPadding3D(padding, name=f"{conv_name}_pad")(x)
+        x = keras.layers.Conv3D(
+            filters, kernel_size, strides=strides, padding="valid", use_bias=False,
+            kernel_initializer=conv_initializer(), name=conv_name,
+        )(x)
+    x = batch_norm(x, bn_name)
+    if relu:
+        x = keras.layers.ReLU(name=f"{bn_name}_relu")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="tbkeras")
+class TemporallyDilatedConv3D(keras.layers.Layer):
+    """Conv3D, no bias, with temporal dilation d, spatial stride and PyTorch symmetric zero padding.
+
+    A dilated temporal convolution only ever mixes frames that are congruent modulo d, so we split
+    the clip into its d phases (frames r, r+d, r+2d, ...), move the phases into the batch, run an
+    ordinary undilated conv (temporal padding `k_t // 2` per phase = `d * (k_t // 2)` overall), and
+    interleave the phases back. The result equals PyTorch's
+    `Conv3d(kernel_size, stride=(1, sh, sw), padding=(d * (kt // 2), kh // 2, kw // 2), dilation=(d, 1, 1))`.
+
+    The kernel has Keras's Conv3D layout `[k_t, k_h, k_w, C_in, C_out]`.
+
+    Args:
+        filters: output channels.
+        kernel_size: `(k_t, k_h, k_w)`, odd sizes.
+        strides: `(1, s_h, s_w)`; temporal stride must be 1.
+        temporal_dilation: d >= 1.
+    """
+
+    def __init__(self, filters: int, kernel_size, strides=(1, 1, 1), *, temporal_dilation: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.strides = tuple(int(s) for s in strides)
+        self.temporal_dilation = int(temporal_dilation)
+        if len(self.kernel_size) != 3 or any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"{self.name}: kernel_size must be 3 odd sizes, got {kernel_size}")
+        if len(self.strides) != 3 or self.strides[0] != 1:
+            raise ValueError(f"{self.name}: strides must be (1, s_h, s_w), got {strides}")
+        if self.temporal_dilation < 1:
+            raise ValueError(f"{self.name}: temporal_dilation must be >= 1, got {temporal_dilation}")
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, int(input_shape[-1]), self.filters),
+            initializer=conv_initializer(),
+        )
+
+    def call(self, x):
+        d = self.temporal_dilation
+        kt, kh, kw = self.kernel_size
+        shape = ops.shape(x)
+        batch, frames, channels = shape[0], shape[1], x.shape[-1]
+        # Pad time to a multiple of d: the extra zero frames stand in for the conv's own zero padding.
+        phase_len = (frames + d - 1) // d
+        x = ops.pad(x, [(0, 0), (0, phase_len * d - frames), (0, 0), (0, 0), (0, 0)])
+        x = ops.reshape(x, (batch, phase_len, d, shape[2], shape[3], channels))
+        x = ops.transpose(x, (0, 2, 1, 3, 4, 5))  # [B, d, T/d, H, W, C]
+        x = ops.reshape(x, (batch * d, phase_len, shape[2], shape[3], channels))
+        x = ops.pad(x, [(0, 0), (kt // 2, kt // 2), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
+        y = ops.conv(x, ops.cast(self.kernel, x.dtype), strides=self.strides, padding="valid")
+        out_shape = ops.shape(y)
+        y = ops.reshape(y, (batch, d, phase_len, out_shape[2], out_shape[3], self.filters))
+        y = ops.transpose(y, (0, 2, 1, 3, 4, 5))  # [B, T/d, d, H', W', C_out]
+        y = ops.reshape(y, (batch, phase_len * d, out_shape[2], out_shape[3], self.filters))
+        return y[:, :frames]
+
+    def compute_output_shape(self, input_shape):
+        def out(size, k, s):
+            return None if size is None else (size + 2 * (k // 2) - k) // s + 1
+
+        _, t, h, w, _ = input_shape
+        return (input_shape[0], t, out(h, self.kernel_size[1], self.strides[1]),
+                out(w, self.kernel_size[2], self.strides[2]), self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "temporal_dilation": self.temporal_dilation,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tbkeras")
+class SpatialAveragePooling3D(keras.layers.Layer):
+    """Mean over height and width: `[B, T, H, W, C] -> [B, T, C]`.
+
+    Runs in float32 by default (inputs are autocast), so backbone features leave the network in
+    float32 under `mixed_bfloat16` and averages over many positions keep their precision.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        return ops.mean(x, axis=(2, 3))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[4])

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from tests.models.model_checks import numpy_conv3d, run_model_checks
+from tbkeras.models import r3d18, r3d50
+from tbkeras.models.r3d_layers import TemporallyDilatedConv3D
+
+
+def _trainable_params(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def _clip(batch, frames, size, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (batch, frames, size, size, 3)).astype("float32")
+
+
+def test_parameter_counts_match_pytorch():
+    # PyTorch's parameters() = Keras's trainable weights (BatchNorm moving statistics are extra).
+    assert _trainable_params(r3d18()) == 33_166_272
+    assert _trainable_params(r3d18(dilated_layer4=False)) == 33_166_272
+    assert _trainable_params(r3d50()) == 31_634_496
+
+
+def test_r3d18_checks_and_dilated_layer4_keeps_4_of_16_frames(tmp_path):
+    model = run_model_checks(
+        lambda: r3d18(width_multiplier=0.125), _clip(2, 16, 32), {"pooled": (2, 64), "temporal": (2, 4, 64)},
+        tmp_path,
+    )
+    assert model.feature_dim == 64
+    # "pooled" is the temporal mean of "temporal".
+    out = model(_clip(2, 16, 32, seed=1), training=False)
+    np.testing.assert_allclose(out["pooled"], np.mean(out["temporal"], axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_r3d18_without_dilation_halves_time_in_layer4():
+    out = r3d18(width_multiplier=0.125, dilated_layer4=False)(_clip(1, 16, 32), training=False)
+    assert out["temporal"].shape == (1, 2, 64)
+
+
+@pytest.mark.parametrize("frames", [8, 5])
+def test_r3d18_accepts_any_clip_length(frames):
+    out = r3d18(width_multiplier=0.125)(_clip(1, frames, 32), training=False)
+    assert out["temporal"].shape == (1, -(-frames // 4), 64)
+
+
+def test_r3d50_checks_keep_every_frame(tmp_path):
+    model = run_model_checks(
+        lambda: r3d50(width_multiplier=0.125), _clip(1, 8, 32), {"pooled": (1, 256), "temporal": (1, 8, 256)},
+        tmp_path,
+    )
+    assert model.feature_dim == 256
+
+
+def test_stem_conv_pads_like_pytorch():
+    import keras
+
+    model = r3d18(width_multiplier=0.125)
+    stem = keras.Model(model.input, model.get_layer("stem_conv").output)
+    x = _clip(1, 4, 10, seed=2)
+    expected = numpy_conv3d(x, model.get_layer("stem_conv").kernel.numpy(), strides=(1, 2, 2), padding=(1, 3, 3))
+    np.testing.assert_allclose(stem(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [8, 7])
+def test_temporally_dilated_conv_matches_pytorch_semantics(frames):
+    layer = TemporallyDilatedConv3D(5, (3, 3, 3), (1, 2, 2), temporal_dilation=2)
+    x = np.random.default_rng(3).normal(size=(2, frames, 9, 8, 4)).astype("float32")
+    y = layer(x)
+    expected = numpy_conv3d(x, layer.kernel.numpy(), strides=(1, 2, 2), padding=(2, 1, 1), dilation=(2, 1, 1))
+    assert y.shape == expected.shape == (2, frames, 5, 4, 5)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="width_multiplier"):
+        r3d18(width_multiplier=0)
+    with pytest.raises(ValueError, match="strides"):
+        TemporallyDilatedConv3D(4, (3, 3, 3), (2, 2, 2))
