@@ -5,8 +5,8 @@ pipeline sampled and cropped after JPEG decoding and resizing:
 - red = 4 * (index % 64) and green = 64 * (index // 64): the frame index (flat over the frame);
 - blue = the pixel's column, `round(x * 255 / (width - 1))`: where a crop came from.
 
-`write_split` writes `{split}-XXXXX-of-XXXXX.tfrecord` shards plus `{split}-manifest.json` in the
-format of `tbkeras.data.manifest`, so tests need neither video files nor the converter.
+`write_split` writes `{split}-XXXXX-of-XXXXX.tfrecord` shards plus `{split}-manifest.json` (through
+`tbkeras.data.manifest`), so tests need neither video files nor the converter.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tbkeras.data import tfrecord
+from tbkeras.data import manifest, tfrecord
 from tbkeras.files import atomic_write_json, atomic_write_text
 
 
@@ -92,7 +92,7 @@ def write_split(tfrecord_dir: str, split: str, videos: Sequence[FakeVideo], num_
                 writer.write(video_record(video))
         shards.append({"file": name, "num_videos": len(members),
                        "video_ids": [v.video_id for v in members]})
-    atomic_write_json(os.path.join(tfrecord_dir, f"{split}-manifest.json"), {
+    manifest.write_manifest(tfrecord_dir, split, {
         "split": split, "tool_version": "test", "num_videos": len(videos), "num_failed": 0,
         "classes": list(classes), "shards": shards, "failures": [], "flags": {},
     })

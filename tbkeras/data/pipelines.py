@@ -1,0 +1,474 @@
+"""The `tf.data` input pipelines of every stage: shards in, batches of clips out.
+
+Data flows one way (TF Model Garden style): shard files -> records (interleaved across shards,
+each carrying its shard's path for error messages) -> parsed videos (frames still JPEG) -> the
+videos of the chosen subset -> shuffled -> one element per video (sample frame indices, decode only
+those frames, crop and augment) -> batches -> prefetch.
+
+Element structures (images float32 RGB in [0, 1], or mean/std normalised; S = crop size):
+  ssl_dataset:        {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": [B]}
+  supervised_dataset: {"clip": [B, T, S, S, 3], "label": int32 [B], "video_id": [B]}
+  student_dataset:    {"labeled": {"clip", "label", "video_id"[, "score"]},
+                       "unlabeled": {"clip", "video_id"[, "score"]}}   ("score" float32 [B])
+  tstr_dataset:       {"clips": [B, n, L, S, S, 3], "video_id": [B]}       finite, each video once
+  eval_dataset:       {"views": [B, K*C, T, S, S, 3], "label": int32 [B], "video_id": [B]}  finite
+Training pipelines (ssl, supervised, student) repeat forever and drop the last partial batch, so
+shapes are static; tstr and eval pass over the data once, in shard order.
+
+Distribution: every pipeline takes an optional `tf.distribute.InputContext`; `distribute(strategy,
+pipeline, config)` builds one per input pipeline with the per-replica batch size and its share of
+the shard files (or of the records, with a warning, when there are fewer shards than pipelines).
+
+Bad input, found as early as possible, since errors from inside tf.data are hard to read:
+- at build time: a missing manifest or shard; a shard whose first record does not parse (named);
+  a subset that selects no video; a scores file lacking a selected video's id (named);
+- while reading: a video with no frames, or an unlabeled video in a labeled pipeline, fails a
+  `tf.debugging.Assert` whose message names the video id and its shard.
+A record corrupted past a shard's first record fails with TensorFlow's own `DataLossError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from tbkeras.data import augment, manifest, sampling, splits, tfrecord
+from tbkeras.data.augment import AugmentConfig
+from tbkeras.files import read_json
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# --------------------------------------------------------------------------- configs
+
+@dataclasses.dataclass(frozen=True)
+class VideoSource:
+    """Which videos: the shards of one split, optionally narrowed by video-id list files.
+
+    include_ids_file: only these videos (e.g. the labeled list).
+    exclude_ids_file: all but these videos (e.g. the labeled list, to get the unlabeled set).
+    Lists are read with `tbkeras.data.splits.read_video_ids` (any of the split list formats).
+    """
+
+    tfrecord_dir: str
+    split: str = "train"
+    include_ids_file: str | None = None
+    exclude_ids_file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelFormat:
+    """Output frames: S x S crops, optionally normalised with a per-channel mean and std."""
+
+    crop_size: int = 112
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """How records are read.
+
+    shuffle_buffer: videos held for shuffling (each holds all its JPEG frames: mind the memory).
+    seed / deterministic: with `deterministic=True` and a seed, the batches are identical run to
+      run (file order, shuffle, sampling and augmentation are all seeded, parallel ops keep order);
+      otherwise parallel ops may reorder elements for speed.
+    cycle_length: shards read concurrently.
+    check_shards: parse the first record of every shard at build time (error naming the shard).
+    """
+
+    shuffle_buffer: int = 64
+    seed: int | None = None
+    deterministic: bool = False
+    cycle_length: int = 8
+    check_shards: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLConfig:
+    """Self-supervised pretraining: n local clips of L frames + 1 global clip, V views each."""
+
+    source: VideoSource
+    batch_size: int
+    num_clips: int = 4
+    clip_length: int = 16
+    views: int = 2
+    augment: AugmentConfig | None = augment.STRONG
+    pixels: PixelFormat = PixelFormat()
+    read: ReadOptions = ReadOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedConfig:
+    """Finetuning: one clip of `clip_length` frames at `stride` per video, with its label."""
+
+    source: VideoSource
+    batch_size: int
+    clip_length: int = 8
+    stride: int = 2
+    augment: AugmentConfig | None = augment.WEAK
+    pixels: PixelFormat = PixelFormat()
+    read: ReadOptions = ReadOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Semi-supervised student: a labeled and an unlabeled batch per element.
+
+    The two sets cycle independently. `scores_file` (the TSTR stage's JSON) attaches each clip's
+    score s; every video of both sets must have one.
+    """
+
+    labeled: VideoSource
+    unlabeled: VideoSource
+    labeled_batch_size: int
+    unlabeled_batch_size: int
+    clip_length: int = 8
+    stride: int = 2
+    scores_file: str | None = None
+    augment: AugmentConfig | None = augment.WEAK
+    pixels: PixelFormat = PixelFormat()
+    read: ReadOptions = ReadOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class TSTRConfig:
+    """TSTR scoring: n evenly spaced clips of L frames at `stride`, centre crop, no augmentation."""
+
+    source: VideoSource
+    batch_size: int
+    num_clips: int = 4
+    clip_length: int = 16
+    stride: int = 1
+    pixels: PixelFormat = PixelFormat()
+    read: ReadOptions = ReadOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Multi-view evaluation: K evenly spaced clips x C crops (3: both ends and centre; 1: centre)."""
+
+    source: VideoSource
+    batch_size: int
+    num_clips: int = 10
+    num_crops: int = 3
+    clip_length: int = 8
+    stride: int = 2
+    pixels: PixelFormat = PixelFormat()
+    read: ReadOptions = ReadOptions()
+
+
+# --------------------------------------------------------------------------- selection
+
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """The videos a `VideoSource` resolves to, and the shards that hold them."""
+
+    source: VideoSource
+    shard_paths: list[str]
+    video_ids: list[str]
+    filtered: bool  # True when only part of the split is selected
+
+
+def _select(source: VideoSource, check_shards: bool) -> _Selection:
+    m = manifest.load_manifest(source.tfrecord_dir, source.split)
+    paths = manifest.shard_paths(source.tfrecord_dir, source.split)
+    include = set(splits.read_video_ids(source.include_ids_file)) if source.include_ids_file else None
+    exclude = set(splits.read_video_ids(source.exclude_ids_file)) if source.exclude_ids_file else set()
+    kept_paths, kept_ids, all_ids = [], [], set()
+    for path, shard in zip(paths, m["shards"]):
+        all_ids.update(shard["video_ids"])
+        ids = [v for v in shard["video_ids"] if (include is None or v in include) and v not in exclude]
+        if ids:
+            kept_paths.append(path)
+            kept_ids.extend(ids)
+    where = f"split {source.split!r} of {source.tfrecord_dir}"
+    if include is not None and include - all_ids:
+        unknown = sorted(include - all_ids)
+        logger.warning("%d video(s) of %s are not in %s (failed conversion?), e.g. %s",
+                       len(unknown), source.include_ids_file, where, ", ".join(unknown[:5]))
+    if not kept_ids:
+        raise ValueError(f"no video selected from {where} (include_ids_file={source.include_ids_file}, "
+                         f"exclude_ids_file={source.exclude_ids_file})")
+    if check_shards:
+        for path in kept_paths:
+            _check_shard(path)
+    return _Selection(source, kept_paths, kept_ids, filtered=len(kept_ids) < len(all_ids))
+
+
+def _check_shard(path: str) -> None:
+    """Parse the shard's first record eagerly, so a wrong or corrupt file is named at build time."""
+    try:
+        for serialized in tf.data.TFRecordDataset(path).take(1):
+            tfrecord.parse_video(serialized)
+            return
+    except (tf.errors.OpError, ValueError) as e:
+        message = getattr(e, "message", str(e))
+        raise ValueError(f"shard {path} is not a readable video TFRecord: {message}") from e
+    raise ValueError(f"shard {path} is empty, but its manifest lists videos in it")
+
+
+def _string_table(keys: list[str], values: tf.Tensor, default) -> tf.lookup.StaticHashTable:
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), values), default)
+
+
+def _scores_table(scores_file: str, selections: list[_Selection]) -> tf.lookup.StaticHashTable:
+    """Score per video id; error naming the first ids the file lacks."""
+    content = read_json(scores_file, what="TSTR scores file")
+    scores = content.get("scores") if isinstance(content, dict) else None
+    if not isinstance(scores, dict):
+        raise ValueError(f"TSTR scores file {scores_file} has no 'scores' object {{video_id: score}}")
+    missing = [v for sel in selections for v in sel.video_ids if v not in scores]
+    if missing:
+        raise ValueError(
+            f"TSTR scores file {scores_file} has no score for video id {missing[0]!r}"
+            + (f" (nor for {len(missing) - 1} more, e.g. {', '.join(missing[1:4])})" if len(missing) > 1 else ""))
+    keys = sorted(scores)
+    return _string_table(keys, tf.constant([float(scores[k]) for k in keys], tf.float32), -1.0)
+
+
+# --------------------------------------------------------------------------- reading
+
+def _per_replica(batch_size: int, ctx: tf.distribute.InputContext | None) -> int:
+    return ctx.get_per_replica_batch_size(batch_size) if ctx is not None else batch_size
+
+
+def _pipeline_seed(read: ReadOptions, ctx: tf.distribute.InputContext | None) -> int | None:
+    if read.seed is None:
+        return None
+    return read.seed + (ctx.input_pipeline_id if ctx is not None else 0)
+
+
+def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext | None,
+            training: bool, needs_label: bool) -> tf.data.Dataset:
+    """Parsed videos of the selection: dicts of "frames" (JPEG string [N]), "video_id", "label",
+    "shard". Training: shuffled files and videos, repeated forever."""
+    paths = sel.shard_paths
+    shard_by_data = False
+    if ctx is not None and ctx.num_input_pipelines > 1:
+        if len(paths) >= ctx.num_input_pipelines:
+            paths = paths[ctx.input_pipeline_id::ctx.num_input_pipelines]
+        else:
+            logger.warning(
+                "%d shard(s) for %d input pipelines in split %r of %s: sharding by record instead of "
+                "by file (every pipeline reads every shard)", len(paths), ctx.num_input_pipelines,
+                sel.source.split, sel.source.tfrecord_dir)
+            shard_by_data = True
+    seed = _pipeline_seed(read, ctx)
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if training:
+        # Every pipeline reshuffles the same file order when sharding by record, so they stay disjoint.
+        file_seed = read.seed if shard_by_data else seed
+        files = files.shuffle(len(paths), seed=file_seed, reshuffle_each_iteration=True).repeat()
+
+    def read_shard(path):
+        return tf.data.TFRecordDataset(path).map(lambda record: (path, record))
+
+    records = files.interleave(read_shard, cycle_length=min(read.cycle_length, len(paths)),
+                               num_parallel_calls=AUTOTUNE, deterministic=read.deterministic or not training)
+    if shard_by_data:
+        records = records.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+    def parse(path, record):
+        video = tfrecord.parse_video(record)
+        frames = video[tfrecord.IMAGE_KEY]
+        video_id = video[tfrecord.VIDEO_ID_KEY]
+        label = tf.cast(video[tfrecord.LABEL_INDEX_KEY], tf.int32)
+        checks = [tf.debugging.Assert(tf.size(frames) >= 1, [
+            "video", video_id, "in shard", path, "has no frames (a video needs at least 1)"])]
+        if needs_label:
+            checks.append(tf.debugging.Assert(label >= 0, [
+                "video", video_id, "in shard", path, "is unlabeled (label -1) in a labeled pipeline"]))
+        with tf.control_dependencies(checks):
+            return {"frames": tf.identity(frames), "video_id": video_id, "label": label, "shard": path}
+
+    videos = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=read.deterministic or not training)
+    if sel.filtered:
+        table = _string_table(sel.video_ids, tf.ones([len(sel.video_ids)], tf.int32), 0)
+        videos = videos.filter(lambda v: table.lookup(v["video_id"]) > 0)
+    if training:
+        videos = videos.shuffle(read.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return videos
+
+
+def _elements(videos: tf.data.Dataset, make: Callable[[dict, tf.Tensor], dict], read: ReadOptions,
+              ctx: tf.distribute.InputContext | None, training: bool) -> tf.data.Dataset:
+    """Map each video to an element with its own stateless seed `[2]`."""
+    if training:
+        seeds = tf.data.Dataset.random(seed=_pipeline_seed(read, ctx)).batch(2)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+    return tf.data.Dataset.zip(videos, seeds).map(
+        make, num_parallel_calls=AUTOTUNE, deterministic=read.deterministic or not training)
+
+
+def _finish(elements: tf.data.Dataset, batch_size: int, read: ReadOptions, training: bool) -> tf.data.Dataset:
+    batched = elements.batch(batch_size, drop_remainder=training)
+    options = tf.data.Options()
+    options.deterministic = read.deterministic or not training
+    return batched.prefetch(AUTOTUNE).with_options(options)
+
+
+# --------------------------------------------------------------------------- per-video parsers
+
+def _decode(frames: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode each distinct sampled frame once (loop-padding and overlapping clips repeat frames).
+
+    Returns decoded uint8 `[U, H, W, 3]` and, for each entry of `indices`, its row in them.
+    """
+    unique, rows = tf.unique(tf.reshape(indices, [-1]))
+    return tfrecord.decode_frames(frames, unique), tf.reshape(rows, tf.shape(indices))
+
+
+def _pixels(x: tf.Tensor, pixels: PixelFormat) -> tf.Tensor:
+    if pixels.mean is None and pixels.std is None:
+        return x
+    if pixels.mean is None or pixels.std is None:
+        raise ValueError("PixelFormat needs both mean and std, or neither")
+    return augment.normalize(x, pixels.mean, pixels.std)
+
+
+def _one_clip(video, seed, clip_length: int, stride: int, aug: AugmentConfig | None,
+              pixels: PixelFormat) -> tf.Tensor:
+    """A training clip `[T, S, S, 3]`: random start, `stride` (1 if too short), augmented."""
+    s = tf.random.experimental.stateless_split(seed, 2)
+    indices = sampling.supervised_clip(tf.size(video["frames"]), s[0], clip_length=clip_length, stride=stride)
+    decoded, rows = _decode(video["frames"], indices[None])
+    clip = augment.augment_clips(decoded, rows, s[1], aug, pixels.crop_size)[0]
+    size = pixels.crop_size
+    return tf.ensure_shape(_pixels(clip, pixels), [clip_length, size, size, 3])
+
+
+def _clip_dataset(sel: _Selection, batch_size: int, clip_length: int, stride: int,
+                  aug: AugmentConfig | None, pixels: PixelFormat, read: ReadOptions,
+                  ctx: tf.distribute.InputContext | None, with_label: bool,
+                  scores: tf.lookup.StaticHashTable | None) -> tf.data.Dataset:
+    """Training clips with video id, optionally the label and the TSTR score."""
+
+    def make(video, seed):
+        out = {"clip": _one_clip(video, seed, clip_length, stride, aug, pixels)}
+        if with_label:
+            out["label"] = video["label"]
+        out["video_id"] = video["video_id"]
+        if scores is not None:
+            out["score"] = scores.lookup(video["video_id"])
+        return out
+
+    videos = _videos(sel, read, ctx, training=True, needs_label=with_label)
+    return _finish(_elements(videos, make, read, ctx, training=True), _per_replica(batch_size, ctx),
+                   read, training=True)
+
+
+# --------------------------------------------------------------------------- public pipelines
+
+def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """SSL pretraining batches (stages 1-2).
+
+    Per video: a span of n*L frames from a random start; local clip t = span frames [tL, tL+L),
+    global clip = L frames at stride n over the span (`sampling.ssl_span`). Each of the n+1 clips
+    of each of the V views gets its own strong augmentation. Only the span's frames are decoded
+    (the global clip's frames are among them).
+
+    Returns: {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": string [B]}.
+    """
+    n, length, views, size = cfg.num_clips, cfg.clip_length, cfg.views, cfg.pixels.crop_size
+    sel = _select(cfg.source, cfg.read.check_shards)
+
+    def make(video, seed):
+        s = tf.random.experimental.stateless_split(seed, 2)
+        local, global_ = sampling.ssl_span(tf.size(video["frames"]), s[0], num_clips=n, clip_length=length)
+        decoded, rows = _decode(video["frames"], tf.concat([local, global_[None]], axis=0))  # [n+1, L]
+        clips = augment.augment_clips(decoded, tf.tile(rows, [views, 1]), s[1], cfg.augment, size)
+        clips = tf.reshape(_pixels(clips, cfg.pixels), [views, n + 1, length, size, size, 3])
+        return {"local": clips[:, :n], "global": clips[:, n], "video_id": video["video_id"]}
+
+    videos = _videos(sel, cfg.read, input_context, training=True, needs_label=False)
+    return _finish(_elements(videos, make, cfg.read, input_context, training=True),
+                   _per_replica(cfg.batch_size, input_context), cfg.read, training=True)
+
+
+def supervised_dataset(cfg: SupervisedConfig,
+                       input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Finetuning batches (stage 4): {"clip": [B, T, S, S, 3], "label": int32 [B], "video_id": [B]}."""
+    sel = _select(cfg.source, cfg.read.check_shards)
+    return _clip_dataset(sel, cfg.batch_size, cfg.clip_length, cfg.stride, cfg.augment, cfg.pixels,
+                         cfg.read, input_context, with_label=True, scores=None)
+
+
+def student_dataset(cfg: StudentConfig,
+                    input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Student batches (stage 5): {"labeled": {"clip", "label", "video_id"[, "score"]},
+    "unlabeled": {"clip", "video_id"[, "score"]}}, batch sizes `labeled_batch_size` and
+    `unlabeled_batch_size`; each set repeats and reshuffles on its own."""
+    read = cfg.read
+    labeled = _select(cfg.labeled, read.check_shards)
+    unlabeled = _select(cfg.unlabeled, read.check_shards)
+    scores = _scores_table(cfg.scores_file, [labeled, unlabeled]) if cfg.scores_file else None
+    # Different seeds for the two sets, so a video in both would not get the same clips.
+    unlabeled_read = read if read.seed is None else dataclasses.replace(read, seed=read.seed + 7919)
+    common = dict(clip_length=cfg.clip_length, stride=cfg.stride, aug=cfg.augment, pixels=cfg.pixels,
+                  ctx=input_context, scores=scores)
+    return tf.data.Dataset.zip({
+        "labeled": _clip_dataset(labeled, cfg.labeled_batch_size, read=read, with_label=True, **common),
+        "unlabeled": _clip_dataset(unlabeled, cfg.unlabeled_batch_size, read=unlabeled_read,
+                                   with_label=False, **common),
+    })
+
+
+def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """TSTR scoring batches (stage 3), one pass, each video once:
+    {"clips": [B, n, L, S, S, 3] (evenly spaced, centre crop), "video_id": [B]}."""
+    n, length, size = cfg.num_clips, cfg.clip_length, cfg.pixels.crop_size
+    sel = _select(cfg.source, cfg.read.check_shards)
+
+    def make(video, seed):
+        del seed
+        indices = sampling.evenly_spaced_clips(
+            tf.size(video["frames"]), num_clips=n, clip_length=length, stride=cfg.stride)
+        decoded, rows = _decode(video["frames"], indices)
+        clips = augment.augment_clips(decoded, rows, tf.zeros([2], tf.int64), None, size)
+        return {"clips": tf.ensure_shape(_pixels(clips, cfg.pixels), [n, length, size, size, 3]),
+                "video_id": video["video_id"]}
+
+    videos = _videos(sel, cfg.read, input_context, training=False, needs_label=False)
+    return _finish(_elements(videos, make, cfg.read, input_context, training=False),
+                   _per_replica(cfg.batch_size, input_context), cfg.read, training=False)
+
+
+def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Multi-view evaluation batches, one pass: {"views": [B, K*C, T, S, S, 3], "label": int32 [B],
+    "video_id": [B]}; view k*C + c is clip k (evenly spaced) under crop c (short side resized to S,
+    then C squares along the long side: start, centre, end; or the centre)."""
+    k, c, length, size = cfg.num_clips, cfg.num_crops, cfg.clip_length, cfg.pixels.crop_size
+    augment.eval_crop_boxes(1, 1, c, size)  # rejects a bad num_crops at build time
+    sel = _select(cfg.source, cfg.read.check_shards)
+
+    def make(video, seed):
+        del seed
+        indices = sampling.evenly_spaced_clips(
+            tf.size(video["frames"]), num_clips=k, clip_length=length, stride=cfg.stride)
+        decoded, rows = _decode(video["frames"], indices)
+        boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c, size)
+        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), size)
+        return {"views": tf.ensure_shape(_pixels(views, cfg.pixels), [k * c, length, size, size, 3]),
+                "label": video["label"], "video_id": video["video_id"]}
+
+    videos = _videos(sel, cfg.read, input_context, training=False, needs_label=True)
+    return _finish(_elements(videos, make, cfg.read, input_context, training=False),
+                   _per_replica(cfg.batch_size, input_context), cfg.read, training=False)
+
+
+def distribute(strategy: tf.distribute.Strategy,
+               pipeline: Callable[[Any, tf.distribute.InputContext | None], tf.data.Dataset],
+               config: Any) -> tf.distribute.DistributedDataset:
+    """Build `pipeline(config, input_context)` once per input pipeline of `strategy`.
+
+    Each copy batches with the per-replica batch size (global / replicas) and reads its share of
+    the shard files; e.g. `distribute(strategy, ssl_dataset, SSLConfig(...))`.
+    """
+    return strategy.distribute_datasets_from_function(lambda ctx: pipeline(config, ctx))
