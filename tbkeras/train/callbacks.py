@@ -103,9 +103,10 @@ def tensorboard_callback(log_dir: str, *, profile_batch=0, update_freq="epoch"):
 def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.callbacks.Callback]:
     """The callbacks of a stage writing into `stage` (a `StageDir`), configured by `config`.
 
-    Order matters: the lr schedule first (it adds "lr" to the epoch logs the loggers write and
-    saves its state before the backup), BackupAndRestore before the guard (so the guard's first
-    snapshot is the restored state), loggers last.
+    Order matters: the lr schedule first (it adds "lr" to the epoch logs the loggers write, and
+    saves its state before the backup); loggers and the checkpoint before BackupAndRestore, so a
+    kill between them repeats an epoch's log row rather than losing it; the NaN guard after
+    BackupAndRestore, so its first snapshot is the restored state.
     """
     return [
         WarmupPlateauSchedule(
@@ -118,6 +119,11 @@ def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.c
             steps_per_epoch=config.steps_per_epoch,
             state_path=stage.lr_state_path,
         ),
+        keras.callbacks.ModelCheckpoint(stage.latest_weights_path, save_weights_only=True),
+        keras.callbacks.CSVLogger(stage.csv_log_path, append=True),
+        tensorboard_callback(
+            stage.tensorboard_dir, profile_batch=config.profile_batch, update_freq=config.log_every
+        ),
         keras.callbacks.BackupAndRestore(
             stage.backup_dir,
             save_freq=config.backup_every_steps or "epoch",
@@ -125,9 +131,4 @@ def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.c
             delete_checkpoint=False,  # fit_stage deletes it once DONE is written
         ),
         NonFiniteLossGuard(config.nan_action, max_restores=config.max_nan_restores),
-        keras.callbacks.ModelCheckpoint(stage.latest_weights_path, save_weights_only=True),
-        keras.callbacks.CSVLogger(stage.csv_log_path, append=True),
-        tensorboard_callback(
-            stage.tensorboard_dir, profile_batch=config.profile_batch, update_freq=config.log_every
-        ),
     ]

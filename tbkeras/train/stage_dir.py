@@ -266,7 +266,7 @@ def fit_stage(
             own.clear_training_state()
     own.write_config(run_config)
 
-    if model.optimizer is None:
+    if getattr(model, "optimizer", None) is None:
         with strategy.scope():
             model.compile(optimizer=optimizer or keras.optimizers.Adam(config.lr),
                           jit_compile=config.jit_compile)
@@ -280,6 +280,7 @@ def fit_stage(
         validation_steps=config.validation_steps,
         callbacks=standard_callbacks(own, config) + list(extra_callbacks),
         verbose=config.verbose,
+        shuffle=False,  # datasets shuffle themselves; Keras only warns that it ignores this
     )
     metrics = _last_epoch_metrics(history, own.csv_log_path)
     save_weights_atomically(model, own.final_weights_path)
@@ -297,4 +298,6 @@ def _last_epoch_metrics(history, csv_path: str) -> dict:
         return {}
     with tf.io.gfile.GFile(csv_path) as f:
         rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if k != "epoch"} if rows else {}
+    if not rows:
+        return {}
+    return {k: float(v) for k, v in rows[-1].items() if k != "epoch" and v not in ("", "NA")}
