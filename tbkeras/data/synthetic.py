@@ -237,7 +237,7 @@ def _atomic_pose(motion: str, rng: np.random.Generator, config: SyntheticConfig)
     elif motion == "Pulse":
         pose.scale = 1.0 + rng.uniform(0.25, 0.45) * np.sin(wave)
     elif motion == "Blink":
-        pose.visible = (np.sin(wave) >= 0).astype(np.float32)
+        pose.visible = ((t + phase) % period < period / 2).astype(np.float32)  # exact on/off
     else:
         raise ValueError(f"unknown atomic motion {motion!r}")
     return pose
@@ -526,11 +526,11 @@ def generate_dataset(config: SyntheticConfig, out_dir: str, workers: int = 2,
     start = time.perf_counter()
     names = class_names(config)
     os.makedirs(out_dir, exist_ok=True)
+    _check_codec(config, out_dir)
     _check_config_matches(config, out_dir)
     for name in names:
         os.makedirs(os.path.join(out_dir, "videos", name), exist_ok=True)
     _remove_stale_temps(out_dir, names)
-    _check_codec(config, out_dir)
 
     tasks = list(_tasks(config, out_dir))
     bar = _progress_bar(len(tasks)) if progress else None
