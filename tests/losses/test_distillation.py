@@ -1,0 +1,109 @@
+"""Distillation losses against numpy float64 references written straight from the definitions (issue 4)."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tbkeras.losses import distillation_loss
+
+TOLERANCE = 1e-5
+
+
+def _kl(p, q):
+    """sum_c p_c log(p_c / q_c), with 0 log(0 / q) = 0."""
+    return sum(p_c * math.log(p_c / q_c) for p_c, q_c in zip(p, q) if p_c > 0)
+
+
+def ref_distillation(p_teacher, p_student, kind, sample_weight=None):
+    p_teacher = np.asarray(p_teacher, np.float64)
+    p_student = np.asarray(p_student, np.float64)
+    batch, classes = p_teacher.shape
+    per_example = []
+    for i in range(batch):
+        p, q = p_teacher[i], p_student[i]
+        if kind == "l2":
+            per_example.append(sum((p[c] - q[c]) ** 2 for c in range(classes)) / classes)
+        elif kind == "kl":
+            per_example.append(_kl(p, q))
+        else:
+            m = [(p[c] + q[c]) / 2 for c in range(classes)]
+            per_example.append(0.5 * _kl(p, m) + 0.5 * _kl(q, m))
+    weight = np.ones(batch) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    return float(np.mean(weight * np.asarray(per_example)))
+
+
+def _probabilities(rng, batch, classes):
+    logits = rng.normal(size=(batch, classes)) * 2.0
+    return (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["l2", "kl", "js"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_reference(kind, weighted):
+    rng = np.random.default_rng(1 + weighted)
+    p_teacher, p_student = _probabilities(rng, 6, 5), _probabilities(rng, 6, 5)
+    weight = rng.uniform(0.0, 2.0, size=6).astype(np.float32) if weighted else None
+    got = distillation_loss(p_teacher, p_student, kind=kind, sample_weight=weight)
+    assert got.shape == () and keras.backend.standardize_dtype(got.dtype) == "float32"
+    np.testing.assert_allclose(float(got), ref_distillation(p_teacher, p_student, kind, weight), rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_default_is_l2_and_weights_multiply():
+    rng = np.random.default_rng(3)
+    p_teacher, p_student = _probabilities(rng, 4, 3), _probabilities(rng, 4, 3)
+    plain = float(distillation_loss(p_teacher, p_student))
+    np.testing.assert_allclose(plain, ref_distillation(p_teacher, p_student, "l2"), rtol=TOLERANCE)
+    weight = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    np.testing.assert_allclose(
+        float(distillation_loss(p_teacher, p_student, sample_weight=weight)),
+        ref_distillation(p_teacher[:1], p_student[:1], "l2") / 4,
+        rtol=TOLERANCE,
+    )
+
+
+@pytest.mark.parametrize("kind", ["l2", "kl", "js"])
+def test_identical_distributions_give_zero(kind):
+    p = _probabilities(np.random.default_rng(4), 3, 4)
+    assert abs(float(distillation_loss(p, p, kind=kind))) < 1e-6
+    one_hot = np.eye(4, dtype=np.float32)[:3]
+    assert abs(float(distillation_loss(one_hot, one_hot, kind=kind))) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["l2", "kl", "js"])
+def test_one_hot_probabilities_are_finite_with_finite_gradients(kind):
+    classes = 4
+    p_teacher = tf.Variable(np.eye(classes, dtype=np.float32)[[0, 1]])
+    p_student = tf.Variable(np.eye(classes, dtype=np.float32)[[1, 1]])  # first row disagrees completely
+    with tf.GradientTape() as tape:
+        loss = distillation_loss(p_teacher, p_student, kind=kind)
+    gradients = tape.gradient(loss, [p_teacher, p_student])
+    assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
+    # The second row agrees (0); the first gives: l2 2/C, js log 2, kl large but finite.
+    expected = {"l2": (2 / classes) / 2, "js": math.log(2) / 2}
+    if kind in expected:
+        np.testing.assert_allclose(float(loss), expected[kind], rtol=1e-5)
+    else:
+        assert 5.0 < float(loss) < 20.0
+
+
+def test_bfloat16_inputs_give_float32():
+    rng = np.random.default_rng(5)
+    p_teacher = tf.cast(_probabilities(rng, 3, 4), tf.bfloat16)
+    p_student = tf.cast(_probabilities(rng, 3, 4), tf.bfloat16)
+    got = distillation_loss(p_teacher, p_student, kind="js")
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    want = ref_distillation(tf.cast(p_teacher, tf.float64).numpy(), tf.cast(p_student, tf.float64).numpy(), "js")
+    np.testing.assert_allclose(float(got), want, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_bad_arguments_are_named():
+    p = np.full((2, 3), 1 / 3, np.float32)
+    with pytest.raises(ValueError, match=r"'l2', 'kl', 'js'.*'mse'"):
+        distillation_loss(p, p, kind="mse")
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(p, p[:, :2])
+    with pytest.raises(ValueError, match=r"\[B, C\]"):
+        distillation_loss(p[0], p[0])
