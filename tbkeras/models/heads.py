@@ -25,7 +25,8 @@ class ProjectionHead(keras.layers.Layer):
 
     Example:
         head = ProjectionHead()
-        z = head(backbone(clips)["pooled"])  # [B, 128], ||z|| = 1
+        z = head(np.ones((4, 512), "float32"), training=False)  # [4, 128] float32, unit rows
+        z_slices = head(np.ones((4, 3, 512), "float32"), training=False)  # [4, 3, 128]
     """
 
     def __init__(self, hidden_dim: int = 512, output_dim: int = 128, **kwargs):
@@ -82,7 +83,7 @@ class Classifier(keras.layers.Layer):
 
     Example:
         classifier = Classifier(101)
-        logits = classifier(backbone(clips)["pooled"], training=True)  # [B, 101] float32
+        logits = classifier(np.ones((4, 512), "float32"), training=True)  # [4, 101] float32
     """
 
     def __init__(self, num_classes: int, dropout: float = 0.5, **kwargs):

@@ -109,9 +109,9 @@ class R3D18(keras.Model):
         name: model name.
 
     Example:
-        backbone = R3D18(width_multiplier=0.25)
-        features = backbone(np.zeros((2, 16, 64, 64, 3), "float32"))
-        features["pooled"].shape, features["temporal"].shape  # (2, 128), (2, 4, 128)
+        backbone = tbkeras.models.r3d18(width_multiplier=0.25)
+        features = backbone(np.zeros((2, 16, 64, 64, 3), "float32"), training=False)
+        # features["pooled"]: [2, 128] float32; features["temporal"]: [2, 4, 128] float32
     """
 
     def __init__(self, *, width_multiplier: float = 1.0, dilated_layer4: bool = True, name: str = "r3d18",
@@ -158,9 +158,9 @@ class R3D50(keras.Model):
         name: model name.
 
     Example:
-        backbone = R3D50(width_multiplier=0.125)
-        features = backbone(np.zeros((1, 8, 64, 64, 3), "float32"))
-        features["pooled"].shape, features["temporal"].shape  # (1, 256), (1, 8, 256)
+        backbone = tbkeras.models.r3d50(width_multiplier=0.125)
+        features = backbone(np.zeros((1, 8, 64, 64, 3), "float32"), training=False)
+        # features["pooled"]: [1, 256] float32; features["temporal"]: [1, 8, 256] float32
     """
 
     def __init__(self, *, width_multiplier: float = 1.0, name: str = "r3d50", **kwargs):

@@ -95,8 +95,9 @@ def run_model_checks(
     path = str(tmp_path / "model.keras")
     wrapped.save(path)
     restored = keras.saving.load_model(path)  # rebuilds from get_config(): checks it too
-    assert type(restored) is type(wrapped)
-    assert restored.get_config() == wrapped.get_config()
+    restored_model = restored if isinstance(model, keras.Model) else restored.layers[-1]
+    assert type(restored_model) is type(model)
+    assert restored_model.get_config() == model.get_config()
     restored_outputs = _as_dict(restored(inputs, training=False))
     for key, value in _as_dict(outputs).items():
         np.testing.assert_array_equal(np.asarray(restored_outputs[key]), np.asarray(value), err_msg=key)
