@@ -74,7 +74,10 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         if math.isfinite(value):
             return
         steps = self.params.get("steps")
-        step = self._epoch * steps + batch if steps else int(self.model.optimizer.iterations) - 1
+        if steps:
+            step = self._epoch * steps + batch
+        else:  # unknown epoch length: count the optimizer's updates (this step's included)
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
         where = f"step {step} (epoch {self._epoch + 1}, batch {batch + 1})"
         if self.action == "stop" or self.restores >= self.max_restores:
             extra = f" after {self.restores} restores" if self.restores else ""

@@ -1,6 +1,7 @@
 """NonFiniteLossGuard (stop / restore) and the TensorBoard profiler wiring, on the tiny model."""
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,8 +20,9 @@ def test_stop_names_the_step():
                   callbacks=[NonFiniteLossGuard("stop")])
 
 
-def test_restore_puts_back_good_weights_and_training_goes_on():
-    model = make_model()
+@pytest.mark.parametrize("devices", [None, ["/cpu:0", "/cpu:1"]], ids=["default", "mirrored"])
+def test_restore_puts_back_good_weights_and_training_goes_on(devices):
+    model = make_model(tf.distribute.MirroredStrategy(devices) if devices else None)
     guard = NonFiniteLossGuard("restore")
     history = model.fit(make_dataset(**NAN_AT_STEP_5), epochs=3, steps_per_epoch=4, verbose=0,
                         callbacks=[guard])
@@ -30,7 +32,7 @@ def test_restore_puts_back_good_weights_and_training_goes_on():
     assert len(losses) == 3 and np.isfinite(losses).all()
     assert losses[-1] < losses[0]  # it kept learning after the restore
     # Restored to the end of epoch 1 (4 updates), then 2 more in epoch 2 and 4 in epoch 3.
-    assert int(model.optimizer.iterations) == 10
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 10
 
 
 def test_restore_gives_up_after_max_restores():
