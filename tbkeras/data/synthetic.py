@@ -85,7 +85,7 @@ class SyntheticConfig:
     Videos of a class are numbered in groups of `clips_per_group` (UCF101's g/c numbering); the
     first `round(test_fraction * groups)` groups (at least one, never all) form the test split.
     `period_frames` bounds the integer period of atomic actions (their speed); `noise_std_max` bounds
-    the per-clip standard deviation of the per-pixel Gaussian noise, in 0..255 units.
+    the per-clip standard deviation of the per-pixel (uniform, integer) noise, in 0..255 units.
     """
 
     num_classes: int = 8
@@ -285,7 +285,7 @@ def _composite_pose(parts: tuple[str, ...], rng: np.random.Generator,
 
 def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, radius: np.ndarray,
                      angle: np.ndarray) -> np.ndarray:
-    """Distance (pixels, < 0 inside) from pixel offsets [T, H, W] to a shape of circumradius r."""
+    """Distance (pixels, < 0 inside) from pixel offsets [T, B, B] to a shape of circumradius r."""
     if shape == "circle":
         return np.sqrt(dx * dx + dy * dy) - radius
     if shape == "cross":
@@ -465,7 +465,7 @@ def _tasks(config: SyntheticConfig, out_dir: str) -> Iterator[_VideoTask]:
 def _check_config_matches(config: SyntheticConfig, out_dir: str) -> None:
     """A rerun must resume the same dataset, never mix two configs in one tree."""
     path = os.path.join(out_dir, CONFIG_FILE)
-    wanted = json_config(config)
+    wanted = _json_config(config)
     if os.path.exists(path):
         found = read_json(path, what="synthetic dataset config")
         diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
@@ -476,7 +476,7 @@ def _check_config_matches(config: SyntheticConfig, out_dir: str) -> None:
         atomic_write_json(path, wanted)
 
 
-def json_config(config: SyntheticConfig) -> dict[str, Any]:
+def _json_config(config: SyntheticConfig) -> dict[str, Any]:
     """The config as JSON-ready values (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 

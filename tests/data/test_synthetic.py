@@ -16,8 +16,11 @@ COMPOSITE_PAIRS = sorted({tuple(sorted((a.name, f"{a.parts[1]}Then{a.parts[0]}")
                           for a in synthetic.ACTIONS if a.kind == synthetic.COMPOSITE})
 
 
-def _decode(path):
+def _decode(path, fps=None):
+    """OpenCV's decode of `path` as RGB [T, H, W, 3]; checks the stored frame rate if given."""
     cap = cv2.VideoCapture(path)
+    if fps is not None:
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(fps)
     frames = []
     while True:
         ok, frame = cap.read()
@@ -151,7 +154,7 @@ def test_written_videos_decode_to_the_rendered_frames(tiny_dataset):
     out, _ = tiny_dataset
     for name in synthetic.class_names(TINY):
         path = os.path.join(out, "videos", synthetic.video_relpath(name, 2, 1))
-        decoded = _decode(path)
+        decoded = _decode(path, fps=TINY.fps)
         assert decoded.shape == (TINY.num_frames, TINY.height, TINY.width, 3)
         expected = synthetic.render_dataset_video(TINY, name, 2, 1)
         mse = np.mean((decoded.astype(float) - expected) ** 2)
