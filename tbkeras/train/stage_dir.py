@@ -14,7 +14,7 @@ Layout of `model_dir/<stage>/` (`StageDir` names every path):
 
 How a stage uses this (the runner builds `TrainConfig` from its flags):
 
-    from tbkeras.train.stage_dir import TrainConfig, fit_stage, is_done
+    from tbkeras.train.stage_dir import TrainConfig, fit_stage, is_done, stage_identity
 
     config = TrainConfig(epochs=100, steps_per_epoch=500, lr=1e-3, warmup_epochs=10)
     with strategy.scope():
@@ -24,6 +24,8 @@ How a stage uses this (the runner builds `TrainConfig` from its flags):
                        config=config, stage_config=resolved_flags)
     # result.skipped is True if a DONE with the same config existed: the weights were loaded
     # from final.weights.h5 instead of training. result.metrics = last epoch's logs.
+    # To test "already finished?" without building the model:
+    #   is_done(stage_path, stage_identity(config, resolved_flags))
 
 A stage that does not train (TSTR scoring, evaluation, export) uses the same marker directly:
 
@@ -184,6 +186,20 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+# TrainConfig fields that change how a run is watched, not what it produces: not part of its identity.
+OPERATIONAL_FIELDS = ("verbose", "profile_batch", "log_every", "backup_every_steps")
+
+
+def stage_identity(config: TrainConfig, stage_config: Mapping[str, Any] | None = None) -> dict:
+    """What a trained stage's DONE and config.json record, and `is_done` compares.
+
+    `{"train": <config without OPERATIONAL_FIELDS>, "stage": <stage_config>}`: rerunning with
+    another verbosity or profiler batch does not retrain; any other change does.
+    """
+    train = {k: v for k, v in config.to_json().items() if k not in OPERATIONAL_FIELDS}
+    return {"train": train, "stage": _normalise(stage_config or {})}
+
+
 def is_done(stage_dir: str, config: Mapping[str, Any]) -> bool:
     """True only if `stage_dir/DONE` exists and was written with a config equal to `config`."""
     done = StageDir(stage_dir).read_done()
@@ -230,9 +246,9 @@ def fit_stage(
         train_data: a repeated `tf.data.Dataset` (or anything `fit` takes).
         stage_dir: `model_dir/<stage>`.
         config: the training parameters.
-        stage_config: the stage's own resolved settings (flags); together with `config` they are
-            the identity of the run: a DONE with the same pair skips training, a different pair
-            restarts from scratch (the old backup is discarded, never resumed).
+        stage_config: the stage's own resolved settings (flags); with `config` they make the run's
+            identity (`stage_identity`): a DONE with the same identity skips training, another
+            identity restarts from scratch (the old backup is discarded, never resumed).
         validation_data: optional, evaluated at each epoch end for `config.validation_steps`.
         extra_callbacks: appended after the standard ones.
         optimizer: used when the model is not compiled yet.
@@ -241,7 +257,7 @@ def fit_stage(
         `StageResult`; `metrics` are the last epoch's logs (also stored in DONE).
     """
     stage = StageDir(stage_dir)
-    run_config = {"train": config.to_json(), "stage": _normalise(stage_config or {})}
+    run_config = stage_identity(config, stage_config)
     if model.dtype_policy.name != config.mixed_precision:
         raise ValueError(
             f"model {model.name} was built with dtype policy {model.dtype_policy.name!r} but "

@@ -1,4 +1,5 @@
 """Stage folders: DONE markers, skipping finished stages, rerunning changed ones, kill-and-resume."""
+import dataclasses
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from tbkeras.train.stage_dir import StageDir, TrainConfig, fit_stage, is_done
+from tbkeras.train.stage_dir import StageDir, TrainConfig, fit_stage, is_done, stage_identity
 from tests.train.stage_worker import STAGE_CONFIG, run, tiny_config
 from tests.train.tiny_model import make_dataset, make_model
 
@@ -47,8 +48,11 @@ def test_fit_stage_writes_its_folder_and_a_finished_stage_is_skipped(tmp_path):
     assert set(result.metrics) >= {"loss", "lr"}
     assert json.load(open(stage.done_path))["metrics"] == result.metrics
 
+    assert is_done(stage.path, stage_identity(tiny_config(epochs=2, steps=3), STAGE_CONFIG))
+
     record = RecordEpochs()
-    again, skipped = run(stage.path, tiny_config(epochs=2, steps=3), callbacks=[record])
+    watched_differently = dataclasses.replace(tiny_config(epochs=2, steps=3), verbose=1, log_every=2)
+    again, skipped = run(stage.path, watched_differently, callbacks=[record])
     assert skipped.skipped and record.epochs == []  # nothing trained...
     for a, b in zip(again.get_weights(), model.get_weights()):  # ...the final weights were loaded
         np.testing.assert_array_equal(a, b)
