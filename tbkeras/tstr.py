@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tbkeras.losses.common import as_float32, check_num_clips, l2_normalize
+from tbkeras.losses.common import as_float32, check_num_clips, check_same_shape, l2_normalize
 
 
 def temporal_similarity_matrix(z):
@@ -36,11 +36,7 @@ def temporal_similarity_score(z_inv, z_dist):
       float32 [B] in [0, 1].
     """
     n = check_num_clips(z_inv, "temporal_similarity_score: z_inv")
-    if tuple(z_inv.shape) != tuple(z_dist.shape):
-        raise ValueError(
-            f"temporal_similarity_score: z_inv and z_dist must have the same shape, "
-            f"got {tuple(z_inv.shape)} and {tuple(z_dist.shape)}"
-        )
+    check_same_shape(z_inv, z_dist, "temporal_similarity_score: z_inv and z_dist")
     off_diagonal = 1.0 - ops.eye(n, dtype="float32")
     both = temporal_similarity_matrix(z_inv) + temporal_similarity_matrix(z_dist)
     score = ops.sum(both * off_diagonal, axis=(1, 2)) / (2 * n * (n - 1))

@@ -30,6 +30,12 @@ def check_rank(x, rank: int, name: str, shape_text: str):
         raise ValueError(f"{name} must have shape {shape_text}, got shape {tuple(x.shape)}")
 
 
+def check_same_shape(a, b, what: str):
+    """Raises a ValueError when two arguments' static shapes differ; `what` names the function and both."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{what} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
 def check_num_clips(x, name: str, minimum: int = 2) -> int:
     """Returns the static number of clips n of `x` [B, n, d], requiring at least `minimum`.
 

@@ -18,6 +18,7 @@ from keras import ops
 
 from tbkeras.losses.common import (
     check_num_clips,
+    check_same_shape,
     check_temperature,
     l2_normalize,
     weighted_batch_mean,
@@ -169,11 +170,7 @@ def temporal_distinctiveness_loss(
     _check_denominator(denominator)
     check_temperature(temperature)
     n = check_num_clips(z, "temporal_distinctiveness_loss: z")
-    if tuple(z.shape) != tuple(z_aug.shape):
-        raise ValueError(
-            f"temporal_distinctiveness_loss: z and z_aug must have the same shape, "
-            f"got {tuple(z.shape)} and {tuple(z_aug.shape)}"
-        )
+    check_same_shape(z, z_aug, "temporal_distinctiveness_loss: z and z_aug")
     z = l2_normalize(z)
     z_aug = l2_normalize(z_aug)
 
@@ -206,11 +203,7 @@ def global_local_loss(global_slices, local_pooled, temperature: float = 0.1, sam
     """
     check_temperature(temperature)
     check_num_clips(global_slices, "global_local_loss: global_slices")
-    if tuple(global_slices.shape) != tuple(local_pooled.shape):
-        raise ValueError(
-            f"global_local_loss: global_slices and local_pooled must have the same shape, "
-            f"got {tuple(global_slices.shape)} and {tuple(local_pooled.shape)}"
-        )
+    check_same_shape(global_slices, local_pooled, "global_local_loss: global_slices and local_pooled")
     logits = ops.einsum("itd,iud->itu", l2_normalize(global_slices), l2_normalize(local_pooled))
     logits = logits / temperature  # [B, n(global), n(local)]
     aligned = ops.diagonal(logits, axis1=1, axis2=2)  # [B, n]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tbkeras.losses.common import as_float32, check_rank, weighted_batch_mean
+from tbkeras.losses.common import as_float32, check_rank, check_same_shape, weighted_batch_mean
 
 KINDS = ("l2", "kl", "js")
 
@@ -46,11 +46,7 @@ def distillation_loss(p_teacher, p_student, kind: str = "l2", sample_weight=None
     if kind not in KINDS:
         raise ValueError(f"distillation_loss: kind must be one of {KINDS}, got {kind!r}")
     check_rank(p_teacher, 2, "distillation_loss: p_teacher", "[B, C]")
-    if tuple(p_teacher.shape) != tuple(p_student.shape):
-        raise ValueError(
-            f"distillation_loss: p_teacher and p_student must have the same shape, "
-            f"got {tuple(p_teacher.shape)} and {tuple(p_student.shape)}"
-        )
+    check_same_shape(p_teacher, p_student, "distillation_loss: p_teacher and p_student")
     p_teacher = as_float32(p_teacher)
     p_student = as_float32(p_student)
     if kind == "l2":

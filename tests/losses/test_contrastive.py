@@ -26,6 +26,15 @@ def _h(u, v, tau):
     return math.exp(_cos(u, v) / tau)
 
 
+def _term(anchor, positive, negatives, tau, denominator):
+    """-log(h(anchor, positive) / denominator); the "standard" denominator includes the positive."""
+    above = _h(anchor, positive, tau)
+    below = sum(_h(anchor, negative, tau) for negative in negatives)
+    if denominator == "standard":
+        below += above
+    return -math.log(above / below)
+
+
 def _reduce(per_example, sample_weight):
     per_example = np.asarray(per_example, np.float64)
     weight = np.ones_like(per_example) if sample_weight is None else np.asarray(sample_weight, np.float64)
@@ -44,15 +53,8 @@ def ref_invariance_per_video(z, tau, denominator, anchors=None):
             for t2 in range(n):
                 if t1 == t2:
                     continue
-                anchor = z[i, t1]
-                positive = _h(anchor, z[i, t2], tau)
-                below = 0.0
-                for j in range(batch):
-                    if j != i:
-                        below += _h(anchor, z[j, t1], tau) + _h(anchor, z[j, t2], tau)
-                if denominator == "standard":
-                    below += positive
-                terms.append(-math.log(positive / below))
+                negatives = [z[j, t1] for j in range(batch) if j != i] + [z[j, t2] for j in range(batch) if j != i]
+                terms.append(_term(z[i, t1], z[i, t2], negatives, tau, denominator))
         per_video.append(np.mean(terms))
     return per_video
 
@@ -70,15 +72,9 @@ def ref_distinctiveness(z, z_aug, tau, denominator, sample_weight=None):
         terms = []
         for anchor_view, positive_view in ((z, z_aug), (z_aug, z)):
             for t in range(n):
-                anchor = anchor_view[i, t]
-                positive = _h(anchor, positive_view[i, t], tau)
-                below = 0.0
-                for t_other in range(n):
-                    if t_other != t:
-                        below += _h(anchor, z[i, t_other], tau) + _h(anchor, z_aug[i, t_other], tau)
-                if denominator == "standard":
-                    below += positive
-                terms.append(-math.log(positive / below))
+                others = [u for u in range(n) if u != t]
+                negatives = [z[i, u] for u in others] + [z_aug[i, u] for u in others]
+                terms.append(_term(anchor_view[i, t], positive_view[i, t], negatives, tau, denominator))
         per_video.append(np.mean(terms))
     return _reduce(per_video, sample_weight)
 
@@ -355,3 +351,13 @@ def test_two_replicas_see_the_global_batch_as_negatives(two_replica_strategy, de
         minus[index] -= step
         numeric[index] = (sum(ref_replica_losses(plus)) - sum(ref_replica_losses(minus))) / (2 * step)
     np.testing.assert_allclose(np.concatenate(gradients), numeric, rtol=1e-3, atol=1e-4)
+
+
+def test_invariance_compiles_with_an_unknown_batch_size_under_xla():
+    z = _embeddings(np.random.default_rng(9), 5, 4)
+    compiled = tf.function(
+        lambda x: temporal_invariance_loss(x, denominator="paper"),
+        input_signature=[tf.TensorSpec([None, 4, 8])],
+        jit_compile=True,
+    )
+    np.testing.assert_allclose(float(compiled(z)), ref_invariance(z, 0.1, "paper"), rtol=TOLERANCE, atol=TOLERANCE)
