@@ -85,8 +85,8 @@ def _replica_negative_pool(z):
         return z, 0
     z_all = context.all_gather(z, axis=0)
     # Local batch sizes may differ (last batch), so add up those of the replicas before this one.
-    # The control dependency fixes the order of the two collectives (replicas must issue them in
-    # the same order; without it uneven batches hit a shape mismatch in the collective).
+    # The control dependency pins the order of the two collectives: every replica must issue
+    # them in the same order.
     with tf.control_dependencies([z_all]):
         batch_sizes = context.all_gather(tf.shape(z)[:1], axis=0)
     offset = tf.reduce_sum(batch_sizes[: context.replica_id_in_sync_group])
