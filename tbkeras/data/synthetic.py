@@ -26,6 +26,7 @@ Files are written UCF101-style so `build_tfrecords.py --layout=ucf101` converts 
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -319,8 +320,11 @@ def render_video(action: str | int, rng: np.random.Generator, config: SyntheticC
     Returns:
       uint8 RGB frames [T, H, W, 3], T = config.num_frames.
     """
-    name = class_names(config)[action] if isinstance(action, (int, np.integer)) else action
-    spec = action_spec(name)
+    if isinstance(action, (int, np.integer)):
+        if not 0 <= action < config.num_classes:
+            raise ValueError(f"label index {action} out of range for {config.num_classes} classes")
+        action = class_names(config)[action]
+    spec = action_spec(action)
     if scene is None:
         scene = draw_scene(rng, config)
     T, H, W = config.num_frames, config.height, config.width
@@ -533,28 +537,21 @@ def generate_dataset(config: SyntheticConfig, out_dir: str, workers: int = 2,
     _remove_stale_temps(out_dir, names)
 
     tasks = list(_tasks(config, out_dir))
-    bar = _progress_bar(len(tasks)) if progress else None
-    written = 0
-    if workers == 1:
-        results: Iterator[bool] = map(_make_video, tasks)
-        pool = None
-    else:
-        # fork: workers inherit the imported modules instead of re-importing TensorFlow each.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = context.Pool(workers, initializer=_init_worker)
-        results = pool.imap_unordered(_make_video, tasks, chunksize=4)
-    try:
-        for was_written in results:
-            written += was_written
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            results: Iterator[bool] = map(_make_video, tasks)
+        else:
+            # fork: workers inherit the imported modules instead of re-importing TensorFlow each.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            pool = stack.enter_context(context.Pool(workers, initializer=_init_worker))
+            results = pool.imap_unordered(_make_video, tasks, chunksize=4)
+        if progress:
+            from tqdm import tqdm  # only needed for the bar
+
+            results = stack.enter_context(tqdm(results, total=len(tasks), unit="video",
+                                               desc="synthetic videos"))
+        written = sum(results)
 
     split_paths = write_split_lists(config, out_dir)
     seconds = time.perf_counter() - start
@@ -592,9 +589,3 @@ def _check_codec(config: SyntheticConfig, out_dir: str) -> None:
     finally:
         if os.path.exists(probe):
             os.remove(probe)
-
-
-def _progress_bar(total: int):
-    from tqdm import tqdm  # only needed when asked for a bar
-
-    return tqdm(total=total, unit="video", desc="synthetic videos")
