@@ -11,8 +11,16 @@ from keras import ops
 from tbkeras.models.r3d_layers import BN_EPSILON, BN_MOMENTUM
 
 
+class _Float32OutputLayer(keras.layers.Layer):
+    """A layer whose output is float32 under any policy (its last op runs in float32), so symbolic
+    outputs must say float32 too rather than the layer's compute dtype."""
+
+    def compute_output_spec(self, x, training=None):
+        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
+
+
 @keras.saving.register_keras_serializable(package="tbkeras")
-class ProjectionHead(keras.layers.Layer):
+class ProjectionHead(_Float32OutputLayer):
     """Dense(hidden) -> BN -> ReLU -> Dense(output, no bias) -> BN -> L2 normalise (Supp. B.1.2).
 
     Takes pooled clip features `[B, C]` or per-slice features `[B, n, C]` (the same weights for
@@ -63,15 +71,12 @@ class ProjectionHead(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.output_dim)
 
-    def compute_output_spec(self, x, training=None):
-        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
-
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "output_dim": self.output_dim}
 
 
 @keras.saving.register_keras_serializable(package="tbkeras")
-class Classifier(keras.layers.Layer):
+class Classifier(_Float32OutputLayer):
     """Dropout -> Dense(num_classes): `[B, C]` features -> float32 logits `[B, num_classes]`.
 
     The Dense runs in float32 (the mixed-precision rule for the last layer), so logits and
@@ -105,9 +110,6 @@ class Classifier(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.num_classes)
-
-    def compute_output_spec(self, x, training=None):
-        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype="float32")
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "dropout": self.dropout_rate}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import keras
 
-from tbkeras.models.r3d_layers import SpatialAveragePooling3D, batch_norm, conv3d_bn
+from tbkeras.models.r3d_layers import SpatialAveragePooling3D, conv3d_bn
 
 
 def _scaled(channels: int, width_multiplier: float) -> int:

@@ -23,10 +23,6 @@ def conv_initializer() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def batch_norm(x, name: str):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
-
-
 def conv3d_bn(
     x,
     filters: int,
@@ -56,7 +52,7 @@ def conv3d_bn(
             filters, kernel_size, strides=strides, padding="valid", use_bias=False,
             kernel_initializer=conv_initializer(), name=conv_name,
         )(x)
-    x = batch_norm(x, bn_name)
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{bn_name}_relu")(x)
     return x
