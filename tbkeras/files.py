@@ -2,7 +2,8 @@
 
 Every artefact a stage or tool produces (shards, manifests, scores, DONE markers) is written to a
 temporary name beside its final path and renamed into place, so a kill leaves either the old file
-or the new one. `tf.io.gfile` makes the same code work on local disks and on GCS.
+or the new one. `tf.io.gfile` makes the same code work on local disks and on GCS; it is imported
+only when first used, so tools that never touch TensorFlow (the video generator) start fast.
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import os
 import uuid
 from typing import Any, Iterator
 
-import tensorflow as tf
-
 
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path to write; rename it to `path` only if the block succeeds."""
+    import tensorflow as tf
+
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     parent = os.path.dirname(path)
     if parent:
@@ -32,6 +33,8 @@ def atomic_path(path: str) -> Iterator[str]:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` to `path` atomically."""
+    import tensorflow as tf
+
     with atomic_path(path) as tmp:
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write(text)
@@ -44,6 +47,8 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 def read_json(path: str, what: str = "file") -> Any:
     """Read JSON, with an error naming the path and what it was expected to be."""
+    import tensorflow as tf
+
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     with tf.io.gfile.GFile(path, "r") as f:
