@@ -1,0 +1,70 @@
+"""Teacher finetuning (paper Sec. 3.1 end, Algorithm 1 lines 17-21): a pretrained backbone + a new
+`Classifier`, cross-entropy on the labeled videos.
+
+`ClassifierModel` is also the network of the student stage and what evaluation and export run, so
+one weight format (`classifier.weights.h5`, see `tbkeras.stages.checkpoints`) serves every stage
+after pretraining.
+
+Input element (`supervised_dataset`): {"clip": [B, T, S, S, 3], "label": int32 [B]}.
+Logged metrics: "loss" (cross-entropy), "accuracy".
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tbkeras.models import Classifier
+from tbkeras.stages.base import StageModel
+from tbkeras.stages.checkpoints import BACKBONE_WEIGHTS, load_weights_verified
+
+
+def cross_entropy_and_accuracy(labels, logits) -> tuple:
+    """Mean sparse cross-entropy (Eq. 4) and top-1 accuracy of float32 `logits [B, C]`."""
+    labels = ops.cast(labels, "int32")
+    ce = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+    correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32")
+    return ce, ops.mean(correct)
+
+
+class ClassifierModel(StageModel):
+    """Backbone + `Classifier` head: clip `[B, T, S, S, 3]` -> float32 logits `[B, num_classes]`.
+
+    Args:
+        backbone: a built video backbone ({"pooled": [B, C], ...}, attribute `feature_dim`).
+        num_classes: number of action classes.
+        dropout: dropout before the classifier's Dense (0.5 as the official code).
+
+    Example:
+        model = ClassifierModel(r3d18(width_multiplier=0.25), num_classes=101)
+        load_pretrained_backbone(model, "model_dir/pretrain_invariant")
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.fit(supervised_dataset(cfg), epochs=...)
+    """
+
+    def __init__(self, backbone: keras.Model, num_classes: int, dropout: float = 0.5,
+                 name: str = "classifier_model", **kwargs):
+        super().__init__(["loss", "accuracy"], name=name, **kwargs)
+        self.backbone = backbone
+        self.classifier = Classifier(num_classes, dropout=dropout, name="classifier")
+        self.classifier(ops.zeros((1, backbone.feature_dim)))  # build, so weights can be loaded now
+        self.num_classes = int(num_classes)
+        self.built = True
+
+    def call(self, clip, training=False):
+        return self.classifier(self.backbone(clip, training=training)["pooled"], training=training)
+
+    def compute_terms(self, data, training: bool) -> dict:
+        logits = self(data["clip"], training=training)
+        ce, accuracy = cross_entropy_and_accuracy(data["label"], logits)
+        return {"loss": ce, "accuracy": (accuracy, ops.shape(logits)[0])}
+
+
+def load_pretrained_backbone(model: ClassifierModel, pretrain_dir: str) -> str:
+    """Load `<pretrain_dir>/backbone.weights.h5` (a stage-1/2/SSL checkpoint) into `model.backbone`.
+
+    Verified: raises FileNotFoundError / ValueError naming the checkpoint if it is missing, does not
+    match the architecture, or changes nothing. Returns the checkpoint path.
+    """
+    path = f"{pretrain_dir}/{BACKBONE_WEIGHTS}"
+    load_weights_verified(model.backbone, path, what="pretrained backbone checkpoint")
+    return path
