@@ -15,11 +15,14 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path to write; rename it to `path` only if the block succeeds."""
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary path to write; rename it to `path` only if the block succeeds.
+
+    `suffix` ends the temporary name, for writers that insist on one (Keras: ".weights.h5").
+    """
     import tensorflow as tf
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
@@ -57,3 +60,9 @@ def read_json(path: str, what: str = "file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def atomic_save_weights(model: Any, path: str) -> None:
+    """`model.save_weights(path)` (a `.weights.h5` file), atomically."""
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)

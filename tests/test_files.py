@@ -31,3 +31,16 @@ def test_read_json_errors_name_the_path(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         files.read_json(str(bad))
+
+
+def test_atomic_save_weights_round_trip(tmp_path):
+    import keras
+    import numpy as np
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = str(tmp_path / "m.weights.h5")
+    files.atomic_save_weights(model, path)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.load_weights(path)
+    np.testing.assert_array_equal(model.get_weights()[0], other.get_weights()[0])
+    assert os.listdir(tmp_path) == ["m.weights.h5"]

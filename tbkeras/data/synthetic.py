@@ -423,26 +423,19 @@ def render_dataset_video(config: SyntheticConfig, class_name: str, group: int,
 def write_video(path: str, frames: np.ndarray, fps: float, codec: str = "MJPG") -> None:
     """Encode RGB uint8 [T, H, W, 3] to `path` atomically (temp name keeps the extension)."""
     extension = os.path.splitext(path)[1]
-    with atomic_path(path) as tmp:
-        # VideoWriter picks the container from the file extension, so the temp name must end in it.
-        tmp_video = tmp + extension
+    # VideoWriter picks the container from the file extension, so the temp name must end in it.
+    with atomic_path(path, suffix=extension) as tmp:
+        height, width = frames.shape[1:3]
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*codec), float(fps), (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(
+                f"OpenCV cannot write codec {codec!r} to a {extension!r} file ({path}); "
+                f"pairs that work with opencv-python-headless: {WORKING_CODECS}")
         try:
-            height, width = frames.shape[1:3]
-            writer = cv2.VideoWriter(tmp_video, cv2.VideoWriter_fourcc(*codec), float(fps),
-                                     (width, height))
-            if not writer.isOpened():
-                raise RuntimeError(
-                    f"OpenCV cannot write codec {codec!r} to a {extension!r} file ({path}); "
-                    f"pairs that work with opencv-python-headless: {WORKING_CODECS}")
-            try:
-                for frame in np.ascontiguousarray(frames[..., ::-1]):  # RGB -> BGR
-                    writer.write(frame)
-            finally:
-                writer.release()
-            os.replace(tmp_video, tmp)
+            for frame in np.ascontiguousarray(frames[..., ::-1]):  # RGB -> BGR
+                writer.write(frame)
         finally:
-            if os.path.exists(tmp_video):
-                os.remove(tmp_video)
+            writer.release()
 
 
 def _make_video(task: _VideoTask) -> bool:

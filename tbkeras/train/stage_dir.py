@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from tbkeras.files import atomic_path, atomic_write_json, read_json
+from tbkeras.files import atomic_save_weights, atomic_write_json, read_json
 from tbkeras.train.callbacks import NAN_ACTIONS, standard_callbacks
 from tbkeras.train.strategy import enable_multi_worker_fit, is_chief, worker_task
 
@@ -215,18 +215,6 @@ class StageResult:
     final_weights_path: str
 
 
-def save_weights_atomically(model: keras.Model, path: str) -> None:
-    """`model.save_weights(path)` via a temp file (Keras insists on the `.weights.h5` suffix)."""
-    with atomic_path(path) as tmp:
-        named_tmp = f"{tmp}.weights.h5"
-        try:
-            model.save_weights(named_tmp)
-            tf.io.gfile.rename(named_tmp, tmp, overwrite=True)
-        finally:
-            if tf.io.gfile.exists(named_tmp):
-                tf.io.gfile.remove(named_tmp)
-
-
 def fit_stage(
     model: keras.Model,
     train_data,
@@ -299,7 +287,7 @@ def fit_stage(
         shuffle=False,  # datasets shuffle themselves; Keras only warns that it ignores this
     )
     metrics = _last_epoch_metrics(history, own.csv_log_path)
-    save_weights_atomically(model, own.final_weights_path)
+    atomic_save_weights(model, own.final_weights_path)
     own.mark_done(run_config, metrics)
     if tf.io.gfile.isdir(own.backup_dir):
         tf.io.gfile.rmtree(own.backup_dir)
