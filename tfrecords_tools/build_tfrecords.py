@@ -43,21 +43,25 @@ _FLAG_NAMES = (
 
 def main(argv):
     del argv
-    from tbkeras.data import converter
-
     try:
         entries, classes = splits.parse_layout(
             FLAGS.layout, FLAGS.videos_dir, FLAGS.split_dir, FLAGS.split, FLAGS.split_index
         )
-        config = converter.ConversionConfig(
-            output_dir=FLAGS.output_dir, split=FLAGS.split, num_shards=min(FLAGS.num_shards, len(entries)),
-            workers=FLAGS.workers, short_side=FLAGS.short_side, fps=FLAGS.fps, jpeg_quality=FLAGS.jpeg_quality,
-            max_frames=FLAGS.max_frames, min_decoded_fraction=FLAGS.min_decoded_fraction,
-            show_progress=FLAGS.progress,
-        )
-        if config.num_shards < FLAGS.num_shards:
-            logging.warning("only %d videos: writing %d shards instead of %d", len(entries), config.num_shards, FLAGS.num_shards)
-        logging.info("%s/%s: %d videos, %d classes", FLAGS.layout, FLAGS.split, len(entries), len(classes))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"build_tfrecords: error: {e}")
+    logging.info("%s/%s: %d videos, %d classes", FLAGS.layout, FLAGS.split, len(entries), len(classes))
+    if FLAGS.num_shards > len(entries):
+        logging.warning("only %d videos: writing %d shards instead of %d", len(entries), len(entries), FLAGS.num_shards)
+
+    from tbkeras.data import converter  # imports TensorFlow (see the note at the imports)
+
+    config = converter.ConversionConfig(
+        output_dir=FLAGS.output_dir, split=FLAGS.split, num_shards=min(FLAGS.num_shards, len(entries)),
+        workers=FLAGS.workers, short_side=FLAGS.short_side, fps=FLAGS.fps, jpeg_quality=FLAGS.jpeg_quality,
+        max_frames=FLAGS.max_frames, min_decoded_fraction=FLAGS.min_decoded_fraction,
+        show_progress=FLAGS.progress,
+    )
+    try:
         summary = converter.convert(entries, classes, config, flags={name: FLAGS[name].value for name in _FLAG_NAMES})
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"build_tfrecords: error: {e}")
