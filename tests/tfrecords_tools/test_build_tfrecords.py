@@ -1,7 +1,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -9,21 +8,11 @@ import tensorflow as tf
 
 from tbkeras.data import manifest
 from tests.data.video_files import write_video
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(REPO, "tfrecords_tools", "build_tfrecords.py")
-
-
-def _command(*args):
-    return [sys.executable, TOOL, "--noprogress", *args]
-
-
-def _env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+from tests.tfrecords_tools.cli import run_tool, tool_command, tool_env
 
 
 def _run(*args):
-    return subprocess.run(_command(*args), capture_output=True, text=True, env=_env(), timeout=300)
+    return run_tool("build_tfrecords.py", "--noprogress", *args)
 
 
 def _ucf_lists(split_dir, train="A/v_A_g01_c01.avi 1\n", test="A/v_A_g02_c01.avi\n"):
@@ -61,7 +50,7 @@ def test_resume_after_kill(tmp_path):
     os.mkfifo(blocker)
     args = [f"--videos_dir={videos}", f"--output_dir={out}", "--num_shards=2", "--short_side=32"]
     shard0 = os.path.join(out, "train-00000-of-00002.tfrecord")
-    process = subprocess.Popen(_command(*args, "--workers=1"), env=_env(), start_new_session=True,
+    process = subprocess.Popen(tool_command("build_tfrecords.py", "--noprogress", *args, "--workers=1"), env=tool_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 90

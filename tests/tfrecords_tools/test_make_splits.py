@@ -1,16 +1,11 @@
 import os
-import subprocess
-import sys
 
 from tbkeras.data import splits
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(REPO, "tfrecords_tools", "make_splits.py")
+from tests.tfrecords_tools.cli import run_tool
 
 
 def _run(*args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, timeout=300)
+    return run_tool("make_splits.py", *args)
 
 
 def test_writes_labeled_and_unlabeled_lists_in_the_train_list_format(tmp_path):
