@@ -56,6 +56,20 @@ class StageModel(keras.Model):
         """The variables the optimizer updates (all trainable weights unless a stage says otherwise)."""
         return self.trainable_variables
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build only the optimizer: stage models are built in `__init__` and compiled without
+        Keras losses/metrics, so there is nothing else to build.
+
+        Keras' own version (TF backend, whenever the model was created under a strategy scope)
+        first MEAN-reduces one distributed input batch, which fails on the string `video_id`
+        features of our elements under MirroredStrategy (AddN on strings) and on PerReplica values
+        under MultiWorkerMirroredStrategy (keras-team/keras#20585). Overriding this private hook
+        is the smallest fix; revisit when upgrading Keras.
+        """
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_weights_to_update())
+
     def train_step(self, data):
         data = _unpack(data)
         variables = self.trainable_weights_to_update()

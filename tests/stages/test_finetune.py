@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from tbkeras.stages import checkpoints
+from tbkeras.stages.finetune import ClassifierModel, load_pretrained_backbone
+from tbkeras.stages.pretrain import InvariantPretrainer
+from tests.stages import tiny
+
+
+@pytest.mark.slow
+def test_finetune_loss_goes_down_and_accuracy_is_logged():
+    model = tiny.classifier(dropout=0.5)
+    history = tiny.fit_history(model, tiny.supervised_element(batch=6), steps=5)
+    assert sorted(history) == ["accuracy", "loss"]
+    tiny.assert_decreases(history["loss"], "finetuning cross-entropy")
+    assert all(0.0 <= a <= 1.0 for a in history["accuracy"])
+
+
+def test_logged_loss_and_accuracy_match_numpy():
+    model = tiny.classifier()
+    element = tiny.supervised_element(batch=6)
+    model.compile(jit_compile=False)
+    logs = model.evaluate(tiny.repeated(element), steps=1, verbose=0, return_dict=True)
+    logits = np.asarray(model(element["clip"]), np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels = element["label"]
+    np.testing.assert_allclose(logs["loss"], -log_p[np.arange(6), labels].mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["accuracy"], np.mean(logits.argmax(-1) == labels), rtol=1e-6)
+
+
+def test_pretrained_backbone_is_really_loaded(tmp_path):
+    pretrainer = InvariantPretrainer(tiny.backbone(0), tiny.head(0))
+    for v in pretrainer.backbone.weights:          # stand-in for training
+        v.assign(np.asarray(v) + 0.01)
+    checkpoints.save_encoder(str(tmp_path), pretrainer.backbone, pretrainer.head)
+
+    model = ClassifierModel(tiny.backbone(7), tiny.NUM_CLASSES)
+    path = load_pretrained_backbone(model, str(tmp_path))
+    assert path == f"{tmp_path}/{checkpoints.BACKBONE_WEIGHTS}"
+    for a, b in zip(pretrainer.backbone.weights, model.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_missing_pretrained_backbone_is_an_error_not_training_from_scratch(tmp_path):
+    model = tiny.classifier()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/empty_stage/backbone.weights.h5"):
+        load_pretrained_backbone(model, str(tmp_path / "empty_stage"))
