@@ -5,6 +5,9 @@ frame would invent motion. So each clip draws one crop box, one flip, one set of
 one erasing box, and every op below is vectorised over `[C, T, ...]` (C clips of T frames) with the
 per-clip parameters broadcast over frames, never a Python loop per frame.
 
+Cost matters (the input pipeline shares the CPU with everything else), so the ops are fused: the
+flip is part of the crop box, and all the colour ops but the gamma are one affine map per clip.
+
 Pixels leave as float32 RGB in [0, 1]; `normalize` applies a mean/std (export reuses it).
 
 The settings and the order of the ops follow the official TimeBalance loaders
@@ -109,8 +112,11 @@ def _pixel_boxes(top, left, height, width, frame_h, frame_w, size: int) -> tf.Te
 
 def random_crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config: AugmentConfig,
                       size: int) -> tf.Tensor:
-    """One random resized crop per clip: normalised boxes `[num_clips, 4]`."""
-    s = tf.random.experimental.stateless_split(seed, 4)
+    """One random resized crop per clip, mirrored with `config.flip_prob`: boxes `[num_clips, 4]`.
+
+    The flip costs nothing: `crop_and_resize` samples a box whose x1 > x2 mirrored.
+    """
+    s = tf.random.experimental.stateless_split(seed, 5)
     h = tf.cast(frame_h, tf.float32)
     w = tf.cast(frame_w, tf.float32)
     side = tf.random.stateless_uniform([num_clips], s[0], *config.crop_side)
@@ -120,7 +126,9 @@ def random_crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config:
     crop_w = tf.clip_by_value(side * w * tf.sqrt(aspect), 1.0, w)
     top = tf.random.stateless_uniform([num_clips], s[2]) * (h - crop_h)
     left = tf.random.stateless_uniform([num_clips], s[3]) * (w - crop_w)
-    return _pixel_boxes(top, left, crop_h, crop_w, h, w, size)
+    boxes = _pixel_boxes(top, left, crop_h, crop_w, h, w, size)
+    flip = tf.random.stateless_uniform([num_clips], s[4]) < config.flip_prob
+    return tf.where(flip[:, None], tf.gather(boxes, [0, 3, 2, 1], axis=1), boxes)
 
 
 def eval_crop_boxes(frame_h, frame_w, num_crops: int, size: int) -> tf.Tensor:
@@ -155,76 +163,101 @@ def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: 
     c = tf.shape(frame_ids)[0]
     t = tf.shape(frame_ids)[1]
     per_frame_boxes = tf.repeat(boxes, t, axis=0)
-    out = tf.image.crop_and_resize(
-        tf.cast(frames, tf.float32), per_frame_boxes, tf.reshape(frame_ids, [-1]), [size, size])
+    out = tf.image.crop_and_resize(  # reads uint8 directly, returns float32
+        frames, per_frame_boxes, tf.reshape(frame_ids, [-1]), [size, size])
     return tf.reshape(out / 255.0, [c, t, size, size, 3])
 
 
 # --------------------------------------------------------------------------- colour and erasing
-
-def _gray(x: tf.Tensor) -> tf.Tensor:
-    return tf.image.rgb_to_grayscale(x)  # [..., 1], ITU-R 601 weights as torchvision
-
 
 def _per_clip(values: tf.Tensor) -> tf.Tensor:
     """`[C]` -> `[C, 1, 1, 1, 1]`, to broadcast over `[C, T, S, S, 3]`."""
     return tf.reshape(values, [-1, 1, 1, 1, 1])
 
 
-def _factor(seed, num_clips, value_range: Range, prob: float, identity: float) -> tf.Tensor:
-    """Per-clip factor: uniform in the range with probability `prob`, else the identity."""
+def _draw(seed, num_clips, value_range: Range, prob: float, identity: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per clip: whether the op applies (`[C]` bool) and its factor (`[C]`, `identity` if not)."""
     s = tf.random.experimental.stateless_split(seed, 2)
-    value = tf.random.stateless_uniform([num_clips], s[0], *value_range)
-    apply = tf.random.stateless_uniform([num_clips], s[1]) < prob
-    return tf.where(apply, value, identity)
+    applies = tf.random.stateless_uniform([num_clips], s[0]) < prob
+    value = tf.random.stateless_uniform([num_clips], s[1], *value_range)
+    return applies, tf.where(applies, value, identity)
 
 
-def color_jitter(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
-    """Contrast, hue, saturation, brightness (torchvision's definitions), one draw per clip.
+def _on_clips(applies: tf.Tensor, op, x: tf.Tensor, *params: tf.Tensor) -> tf.Tensor:
+    """Apply `op(clips, *params)` only to the clips where `applies` (gather, op, scatter back),
+    and skip the work entirely when no clip drew the op."""
+    def run():
+        idx = tf.where(applies)[:, 0]
+        out = op(tf.gather(x, idx), *(tf.gather(p, idx) for p in params))
+        return tf.tensor_scatter_nd_update(x, idx[:, None], out)
 
-    `clips`: float `[C, T, S, S, 3]` in [0, 1]. A factor not drawn is the identity.
+    return tf.cond(tf.reduce_any(applies), run, lambda: x)
+
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's grayscale
+_RGB_TO_YIQ = (_LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _hue_matrices(delta: tf.Tensor) -> tf.Tensor:
+    """`[C, 3, 3]`: rotate hue by `delta` turns as a rotation of the chroma plane in YIQ space
+    (NVIDIA DALI's hue op). It approximates torchvision's HSV hue shift (same direction and range,
+    luma kept exactly) and, being linear, folds into one matrix with the other colour ops."""
+    to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
+    theta = -2.0 * 3.141592653589793 * delta  # sign chosen to match HSV's direction
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    one, zero = tf.ones_like(cos), tf.zeros_like(cos)
+    rotation = tf.reshape(tf.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], axis=-1), [-1, 3, 3])
+    return tf.einsum("ij,cjk,kl->cil", tf.linalg.inv(to_yiq), rotation, to_yiq)
+
+
+def _blend_with_gray(weight: tf.Tensor) -> tf.Tensor:
+    """`[C, 3, 3]`: `weight * x + (1 - weight) * gray(x)` (saturation; weight 0 = grayscale)."""
+    eye = tf.eye(3)[None]
+    to_gray = tf.tile(tf.constant(_LUMA, tf.float32)[None, :], [3, 1])[None]  # every row = luma
+    return weight[:, None, None] * eye + (1.0 - weight)[:, None, None] * to_gray
+
+
+def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Colour jitter, then grayscale (with a gamma) or dropping a channel; one draw per clip.
+
+    In the official order: contrast (blend with the frame's mean gray), hue, saturation,
+    brightness, grayscale or channel drop, each with its probability. All but the gamma are affine
+    in RGB, so they are composed into one 3x3 matrix per clip and a per-frame offset (contrast)
+    and applied in one pass, clamped to [0, 1] once at the end (torchvision clamps after every
+    op; the difference only shows where an intermediate leaves [0, 1]).
+
+    `clips`: float `[C, T, S, S, 3]` in [0, 1]. Returns the same shape.
     """
     n = tf.shape(clips)[0]
-    s = tf.random.experimental.stateless_split(seed, 4)
-    contrast = _factor(s[0], n, config.contrast, config.contrast_prob, 1.0)
-    hue = _factor(s[1], n, config.hue, config.hue_prob, 0.0)
-    saturation = _factor(s[2], n, config.saturation, config.saturation_prob, 1.0)
-    brightness = _factor(s[3], n, config.brightness, config.brightness_prob, 1.0)
-
-    mean = tf.reduce_mean(_gray(clips), axis=[2, 3, 4], keepdims=True)  # per frame, as torchvision
-    x = tf.clip_by_value(mean + _per_clip(contrast) * (clips - mean), 0.0, 1.0)
-
-    def shift_hue(x):
-        hsv = tf.image.rgb_to_hsv(x)
-        h = tf.math.floormod(hsv[..., :1] + _per_clip(hue), 1.0)
-        return tf.image.hsv_to_rgb(tf.concat([h, hsv[..., 1:]], axis=-1))
-
-    # Hue goes through HSV, the one costly op: skip it when no clip drew a shift.
-    x = tf.cond(tf.reduce_any(hue != 0.0), lambda: shift_hue(x), lambda: x)
-    gray = _gray(x)
-    x = tf.clip_by_value(gray + _per_clip(saturation) * (x - gray), 0.0, 1.0)
-    return tf.clip_by_value(_per_clip(brightness) * x, 0.0, 1.0)
-
-
-def grayscale_or_channel_drop(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
-    """Per clip: grayscale (then maybe gamma), or zero one channel, or neither."""
-    n = tf.shape(clips)[0]
-    s = tf.random.experimental.stateless_split(seed, 3)
-    u = tf.random.stateless_uniform([n], s[0])
+    s = tf.random.experimental.stateless_split(seed, 8)
+    _, contrast = _draw(s[0], n, config.contrast, config.contrast_prob, 1.0)
+    _, hue = _draw(s[1], n, config.hue, config.hue_prob, 0.0)
+    _, saturation = _draw(s[2], n, config.saturation, config.saturation_prob, 1.0)
+    _, brightness = _draw(s[3], n, config.brightness, config.brightness_prob, 1.0)
+    u = tf.random.stateless_uniform([n], s[4])
     to_gray = u < config.grayscale_prob
     drop = (u >= config.grayscale_prob) & (u < config.grayscale_prob + config.channel_drop_prob)
-    gamma = _factor(s[1], n, config.gamma, config.gamma_prob, 1.0)
-    gray_clips = tf.pow(tf.broadcast_to(_gray(clips), tf.shape(clips)), _per_clip(gamma))
-    x = tf.where(_per_clip(to_gray), gray_clips, clips)
-    channel = tf.random.stateless_uniform([n], s[2], 0, 3, dtype=tf.int32)
-    keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
-    return x * tf.reshape(keep, [-1, 1, 1, 1, 3])
+    channel = tf.random.stateless_uniform([n], s[5], 0, 3, dtype=tf.int32)
+    gamma_applies, gamma = _draw(s[6], n, config.gamma, config.gamma_prob, 1.0)
 
+    def affine(x):
+        # Column-vector convention: out = M x, M = drop . gray . brightness . saturation . hue.
+        matrix = tf.matmul(_blend_with_gray(saturation), _hue_matrices(hue))
+        matrix = brightness[:, None, None] * matrix
+        matrix = tf.matmul(_blend_with_gray(tf.where(to_gray, 0.0, 1.0)), matrix)
+        keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
+        matrix = keep[:, :, None] * matrix
+        # Contrast first: c * x + (1 - c) * mean_t, so out = c M x + (1 - c) mean_t M 1.
+        frame_mean = tf.reduce_mean(tf.tensordot(x, tf.constant(_LUMA), 1), axis=[2, 3])  # [C, T]
+        offset = ((1.0 - contrast)[:, None, None] * frame_mean[:, :, None]
+                  * tf.reduce_sum(matrix, axis=2)[:, None, :])  # [C, T, 3]
+        out = tf.einsum("ctyxi,cji->ctyxj", x, contrast[:, None, None] * matrix)
+        return tf.clip_by_value(out + offset[:, :, None, None, :], 0.0, 1.0)
 
-def random_flip(clips: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
-    """Mirror each clip left-right with probability `prob` (the whole clip or none of it)."""
-    flip = tf.random.stateless_uniform([tf.shape(clips)[0]], seed) < prob
-    return tf.where(_per_clip(flip), tf.reverse(clips, axis=[3]), clips)
+    # About half the weak-preset clips draw no colour op at all: skip the pass for them.
+    drawn = (contrast != 1.0) | (hue != 0.0) | (saturation != 1.0) | (brightness != 1.0) | to_gray | drop
+    out = tf.cond(tf.reduce_any(drawn), lambda: affine(clips), lambda: clips)
+    return _on_clips(to_gray & gamma_applies, lambda x, g: tf.pow(x, _per_clip(g)), out, gamma)
 
 
 def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
@@ -249,7 +282,7 @@ def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf
         cols = (pos >= left) & (pos < left + width)
         erased |= rows[:, :, None] & cols[:, None, :] & apply[:, None, None]
     keep = 1.0 - tf.cast(erased, clips.dtype)
-    return clips * keep[:, None, :, :, None]
+    return _on_clips(tf.reduce_any(erased, axis=[1, 2]), lambda x, k: x * k[:, None, :, :, None], clips, keep)
 
 
 def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
@@ -273,12 +306,9 @@ def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
     if config is None:
         boxes = tf.tile(eval_crop_boxes(frame_h, frame_w, 1, size), [num_clips, 1])
         return crop_clips(frames, frame_ids, boxes, size)
-    s = tf.random.experimental.stateless_split(seed, 5)
+    s = tf.random.experimental.stateless_split(seed, 3)
     boxes = random_crop_boxes(s[0], num_clips, frame_h, frame_w, config, size)
-    x = crop_clips(frames, frame_ids, boxes, size)
-    x = color_jitter(x, s[1], config)
-    x = grayscale_or_channel_drop(x, s[2], config)
-    x = random_flip(x, s[3], config.flip_prob)
+    x = color_augment(crop_clips(frames, frame_ids, boxes, size), s[1], config)
     if config.erase_prob > 0 and config.erase_count > 0:
-        x = random_erase(x, s[4], config)
+        x = random_erase(x, s[2], config)
     return x

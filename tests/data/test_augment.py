@@ -50,22 +50,65 @@ def test_every_frame_of_a_clip_gets_the_same_augmentation(config):
         _assert_frames_identical(out)
 
 
-def test_each_op_alone_keeps_frames_identical_and_changes_pixels():
+ONLY = {  # configs that draw exactly one colour op on every clip
+    "contrast": dataclasses.replace(NOTHING, contrast_prob=1.0, contrast=(1.5, 1.5)),
+    "hue": dataclasses.replace(NOTHING, hue_prob=1.0, hue=(0.1, 0.1)),
+    "saturation": dataclasses.replace(NOTHING, saturation_prob=1.0, saturation=(0.5, 0.5)),
+    "brightness": dataclasses.replace(NOTHING, brightness_prob=1.0, brightness=(0.7, 0.7)),
+    "grayscale": dataclasses.replace(NOTHING, grayscale_prob=1.0, gamma_prob=0.0),
+    "channel_drop": dataclasses.replace(NOTHING, channel_drop_prob=1.0),
+}
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _full_frame_clips():
     frames, ids = _identical_clip_frames()
-    clips = augment.crop_clips(frames, ids, tf.constant([[0.0, 0.0, 1.0, 1.0]] * 3), S)
-    ops = {
-        "color_jitter": lambda x: augment.color_jitter(x, SEED, ALWAYS),
-        "grayscale": lambda x: augment.grayscale_or_channel_drop(
-            x, SEED, dataclasses.replace(ALWAYS, grayscale_prob=1.0)),
-        "channel_drop": lambda x: augment.grayscale_or_channel_drop(
-            x, SEED, dataclasses.replace(ALWAYS, channel_drop_prob=1.0)),
-        "flip": lambda x: augment.random_flip(x, SEED, 1.0),
-        "erase": lambda x: augment.random_erase(x, SEED, ALWAYS),
+    return augment.crop_clips(frames, ids, tf.constant([[0.0, 0.0, 1.0, 1.0]] * 3), S)
+
+
+def test_each_colour_op_matches_its_definition_and_keeps_frames_identical():
+    x = _full_frame_clips()
+    xn = x.numpy()
+    gray = (xn @ LUMA)[..., None]
+    mean = gray.mean(axis=(2, 3), keepdims=True)
+    expected = {
+        "contrast": np.clip(mean + 1.5 * (xn - mean), 0, 1),
+        "saturation": np.clip(gray + 0.5 * (xn - gray), 0, 1),
+        "brightness": np.clip(0.7 * xn, 0, 1),
+        "grayscale": np.repeat(gray, 3, axis=-1),
     }
-    for name, op in ops.items():
-        out = op(clips).numpy()
+    for name, config in ONLY.items():
+        out = augment.color_augment(x, SEED, config).numpy()
         _assert_frames_identical(out)
-        assert np.abs(out - clips.numpy()).max() > 0.01, f"{name} changed nothing"
+        assert np.abs(out - xn).max() > 0.05, f"{name} changed nothing"
+        if name in expected:
+            np.testing.assert_allclose(out, expected[name], atol=1e-5, err_msg=name)
+        if name == "hue":  # a rotation of chroma: luma stays (where not clamped), colours move like HSV's
+            inside = ((out > 0) & (out < 1)).all(axis=-1)
+            np.testing.assert_allclose((out @ LUMA)[inside], (xn @ LUMA)[inside], atol=1e-4)
+            hsv_shifted = tf.image.adjust_hue(x, 0.1).numpy()
+            assert np.abs(out - hsv_shifted).mean() < np.abs(xn - hsv_shifted).mean()
+        if name == "channel_drop":
+            zero = (out == 0).all(axis=(1, 2, 3))  # [clips, 3]
+            assert (zero.sum(axis=1) == 1).all()
+
+
+def test_gamma_follows_grayscale():
+    x = _full_frame_clips()
+    config = dataclasses.replace(ONLY["grayscale"], gamma_prob=1.0, gamma=(2.0, 2.0))
+    gray = (x.numpy() @ LUMA)[..., None]
+    np.testing.assert_allclose(augment.color_augment(x, SEED, config).numpy(),
+                               np.repeat(gray ** 2, 3, axis=-1), atol=1e-5)
+
+
+def test_random_erase_zeroes_the_same_box_in_every_frame():
+    x = _full_frame_clips()
+    out = augment.random_erase(x, SEED, ALWAYS).numpy()
+    _assert_frames_identical(out)
+    erased = (out == 0).all(axis=(1, 4))  # [clips, S, S]
+    assert erased.any(axis=(1, 2)).all()
+    np.testing.assert_array_equal(out[~np.broadcast_to(erased[:, None, :, :, None], out.shape)],
+                                  x.numpy()[~np.broadcast_to(erased[:, None, :, :, None], out.shape)])
 
 
 def test_flip_flips_and_crop_crops():
@@ -85,20 +128,11 @@ def test_flip_flips_and_crop_crops():
         assert xs[0] > -1 and xs[-1] < W
 
 
-def test_grayscale_and_channel_drop():
-    frames, ids = _identical_clip_frames()
-    gray = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, grayscale_prob=1.0,
-                                                                          gamma_prob=0.0), S).numpy()
-    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
-    dropped = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, channel_drop_prob=1.0), S).numpy()
-    zero_channels = (dropped == 0).all(axis=(1, 2, 3))  # [clips, 3]
-    assert (zero_channels.sum(axis=1) == 1).all()
-
-
 def test_random_crop_boxes_respect_ranges():
     h, w, size = 120, 160, 112
     config = dataclasses.replace(NOTHING, crop_side=(0.4, 0.8), crop_aspect=(0.5, 2.0))
     boxes = augment.random_crop_boxes(SEED, 500, h, w, config, size).numpy()
+    assert (boxes[:, 1] < boxes[:, 3]).all()  # flip_prob 0: no mirrored boxes
     # Undo the half-pixel box convention: pixel extent = (box span) * (side - 1) * S / (S - 1).
     height = (boxes[:, 2] - boxes[:, 0]) * (h - 1) * size / (size - 1)
     width = (boxes[:, 3] - boxes[:, 1]) * (w - 1) * size / (size - 1)
