@@ -13,8 +13,8 @@ Input element (`student_dataset`): {"labeled": {"clip", "label", "score"?}, "unl
 
 Logged metrics: "loss" (total), "ce", "distill_labeled", "distill_unlabeled" (unweighted D values),
 "mean_s" (mean teacher weight s over all clips: 1 for teachers="invariant", 0 for "distinctive",
-0.5 for reweighting="average", 0 when teachers="none"), "agreement" (argmax match rate between p_T
-and p_S; 0 when teachers="none"), "accuracy" (student top-1 on the labeled clips).
+0.5 for reweighting="average", 0 when teachers="none"), "teacher_student_agreement" (argmax match
+rate between p_T and p_S; 0 when teachers="none"), "accuracy" (student top-1 on the labeled clips).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from tbkeras.tstr import combine_teacher_predictions
 
 TEACHERS = ("both", "invariant", "distinctive", "none")
 REWEIGHTINGS = ("tstr", "average")
-METRICS = ("loss", "ce", "distill_labeled", "distill_unlabeled", "mean_s", "agreement", "accuracy")
+METRICS = ("loss", "ce", "distill_labeled", "distill_unlabeled", "mean_s", "teacher_student_agreement",
+           "accuracy")
 
 
 def _check_choice(field: str, value: str, choices: tuple) -> None:
@@ -149,7 +150,8 @@ class StudentDistiller(StageModel):
         terms = {"ce": ce, "accuracy": (accuracy, num_labeled)}
         zero = ops.zeros((), dtype="float32")
         if cfg.teachers == "none":
-            terms.update(distill_labeled=zero, distill_unlabeled=zero, mean_s=zero, agreement=zero, loss=ce)
+            terms.update(distill_labeled=zero, distill_unlabeled=zero, mean_s=zero,
+                         teacher_student_agreement=zero, loss=ce)
             return terms
         s = self._teacher_weight(labeled, unlabeled, num_clips)
         p_teacher = ops.stop_gradient(self._teacher_probabilities(clips, s))
@@ -161,7 +163,7 @@ class StudentDistiller(StageModel):
             distill_labeled=d_labeled,
             distill_unlabeled=d_unlabeled,
             mean_s=(ops.mean(s), num_clips),
-            agreement=(ops.mean(ops.cast(agree, "float32")), num_clips),
+            teacher_student_agreement=(ops.mean(ops.cast(agree, "float32")), num_clips),
             loss=ce + cfg.omega_labeled * d_labeled + cfg.omega_unlabeled * d_unlabeled,
         )
         return terms

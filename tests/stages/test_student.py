@@ -55,7 +55,8 @@ def test_ablations_choose_the_teachers_and_weights(nets, teachers, reweighting, 
     if teachers == "none":
         d_l = d_u = agreement = 0.0
     else:
-        d_l, d_u = _distance(p_t[:2], p["student"][:2], distill_loss), _distance(p_t[2:], p["student"][2:], distill_loss)
+        d_l = _distance(p_t[:2], p["student"][:2], distill_loss)
+        d_u = _distance(p_t[2:], p["student"][2:], distill_loss)
         agreement = np.mean(p_t.argmax(-1) == p["student"].argmax(-1))
 
     np.testing.assert_allclose(terms["mean_s"], s.mean(), rtol=1e-6, atol=1e-7)
@@ -63,7 +64,7 @@ def test_ablations_choose_the_teachers_and_weights(nets, teachers, reweighting, 
     np.testing.assert_allclose(terms["distill_labeled"], d_l, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(terms["distill_unlabeled"], d_u, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(terms["loss"], ce + 50 * d_l + 100 * d_u, rtol=1e-4)
-    np.testing.assert_allclose(terms["agreement"], agreement)
+    np.testing.assert_allclose(terms["teacher_student_agreement"], agreement)
     np.testing.assert_allclose(terms["accuracy"], np.mean(p["student"][:2].argmax(-1) == lab["label"]))
 
 
@@ -99,7 +100,7 @@ def test_student_learns_and_frozen_teachers_do_not_change():
 
     history = tiny.fit_history(distiller, tiny.student_element(labeled=3, unlabeled=3), steps=5)
     assert sorted(history) == sorted(["loss", "ce", "distill_labeled", "distill_unlabeled", "mean_s",
-                                      "agreement", "accuracy"])
+                                      "teacher_student_agreement", "accuracy"])
     tiny.assert_decreases(history["loss"], "student loss")
     for before, v in zip(teachers_before, teacher_i.weights + teacher_d.weights):
         np.testing.assert_array_equal(before, np.asarray(v), err_msg=v.path)
@@ -117,17 +118,17 @@ def _distiller_after_two_sgd_steps(strategy, element):
         distiller = StudentDistiller(student, teacher_i, teacher_d, StudentConfig())
         # SGD, not Adam: Adam is invariant to a gradient scale, so it would hide a wrong 1/replicas.
         distiller.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+    before = [np.asarray(v) for v in student.trainable_weights]
     dataset = tf.data.Dataset.from_tensors(element).unbatch().batch(4).repeat()
     logs = distiller.fit(dataset, epochs=2, steps_per_epoch=1, verbose=0).history
-    return [np.asarray(v) for v in student.trainable_weights], logs
+    return before, [np.asarray(v) for v in student.trainable_weights], logs
 
 
 @pytest.mark.slow
 def test_mirrored_strategy_matches_single_device():
     element = tiny.student_element(labeled=4, unlabeled=4)
-    fresh = [np.asarray(v) for v in tiny.classifier(0).trainable_weights]
-    single, single_logs = _distiller_after_two_sgd_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), element)
-    mirrored, mirrored_logs = _distiller_after_two_sgd_steps(
+    fresh, single, single_logs = _distiller_after_two_sgd_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), element)
+    _, mirrored, mirrored_logs = _distiller_after_two_sgd_steps(
         tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), element)
     moved = max(np.abs(s - f).max() for s, f in zip(single, fresh))
     assert moved > 1e-3, "the student did not train, the comparison would be vacuous"
@@ -135,3 +136,16 @@ def test_mirrored_strategy_matches_single_device():
         np.testing.assert_allclose(m, s, rtol=1e-4, atol=1e-5)
     for key in ("loss", "ce", "mean_s"):
         np.testing.assert_allclose(mirrored_logs[key], single_logs[key], rtol=1e-4)
+
+
+def test_terms_are_float32_under_mixed_bfloat16():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        distiller = StudentDistiller(tiny.classifier(0), tiny.classifier(1), tiny.classifier(2), StudentConfig())
+        terms = distiller.compute_terms(tiny.student_element(), training=True)
+        for name, value in terms.items():
+            value = value[0] if isinstance(value, tuple) else value
+            assert value.dtype == tf.float32 and np.isfinite(float(value)), name
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

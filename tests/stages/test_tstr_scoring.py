@@ -90,3 +90,35 @@ def test_tensorboard_summaries(tmp_path):
 
 def test_summary_of_one_video():
     assert summarize_scores({"a": 0.5}, bins=2)["histogram"]["counts"] == [0, 1]
+
+
+def test_scores_flow_from_real_shards_to_the_student(tmp_path):
+    """tiny shards -> tstr_dataset -> score_videos -> tstr_scores.json -> student_dataset -> s."""
+    from tbkeras.data import pipelines
+    from tbkeras.stages.student import StudentConfig, StudentDistiller
+    from tests.data.shard_fixtures import FakeVideo, write_ids_file, write_split
+
+    videos = [FakeVideo(f"vid{i}", num_frames=20, label_index=i % 3) for i in range(6)]
+    write_split(str(tmp_path / "shards"), "train", videos, num_shards=2)
+    labeled_list = write_ids_file(str(tmp_path / "labeled.txt"), ["vid0", "vid1"])
+    source = pipelines.VideoSource(str(tmp_path / "shards"), "train")
+    pixels = pipelines.PixelFormat(crop_size=tiny.SIZE)
+
+    tstr = pipelines.tstr_dataset(pipelines.TSTRConfig(source, batch_size=4, num_clips=2, clip_length=tiny.FRAMES,
+                                                       pixels=pixels))
+    inv, dist = _encoder(0), _encoder(1)
+    scores = score_videos(*inv, *dist, tstr)
+    assert sorted(scores) == [v.video_id for v in videos]
+    scores_file = str(tmp_path / "tstr" / "tstr_scores.json")
+    write_scores(scores_file, scores)
+
+    student_data = pipelines.student_dataset(pipelines.StudentConfig(
+        labeled=pipelines.VideoSource(str(tmp_path / "shards"), "train", include_ids_file=labeled_list),
+        unlabeled=pipelines.VideoSource(str(tmp_path / "shards"), "train", exclude_ids_file=labeled_list),
+        labeled_batch_size=2, unlabeled_batch_size=2, clip_length=tiny.FRAMES, stride=1,
+        scores_file=scores_file, augment=None, pixels=pixels))
+    element = next(iter(student_data))
+    ids = [v.decode() for part in ("labeled", "unlabeled") for v in element[part]["video_id"].numpy()]
+    distiller = StudentDistiller(tiny.classifier(0), tiny.classifier(1), tiny.classifier(2), StudentConfig())
+    mean_s, _ = distiller.compute_terms(element, training=False)["mean_s"]
+    np.testing.assert_allclose(float(mean_s), np.mean([scores[i] for i in ids]), rtol=1e-5)
