@@ -348,7 +348,8 @@ def _decode(frames: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     Returns decoded uint8 `[U, H, W, 3]` and, for each entry of `indices`, its row in them.
     """
     unique, rows = tf.unique(tf.reshape(indices, [-1]))
-    return tfrecord.decode_frames(frames, unique), tf.reshape(rows, tf.shape(indices))
+    shape = indices.shape if indices.shape.is_fully_defined() else tf.shape(indices)  # keep it static
+    return tfrecord.decode_frames(frames, unique), tf.reshape(rows, shape)
 
 
 def _pixels(x: tf.Tensor, pixels: PixelFormat) -> tf.Tensor:
@@ -409,9 +410,13 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
         s = tf.random.experimental.stateless_split(seed, 2)
         local, global_ = sampling.ssl_span(tf.size(video["frames"]), s[0], num_clips=n, clip_length=length)
         decoded, rows = _decode(video["frames"], tf.concat([local, global_[None]], axis=0))  # [n+1, L]
-        clips = augment.augment_clips(decoded, tf.tile(rows, [views, 1]), s[1], cfg.augment, size)
-        clips = tf.reshape(_pixels(clips, cfg.pixels), [views, n + 1, length, size, size, 3])
-        return {"local": clips[:, :n], "global": clips[:, n], "video_id": video["video_id"]}
+        seeds = tf.random.experimental.stateless_split(s[1], 2)
+        # Local and global clips are cut separately, so no copy is needed to split them apart.
+        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, size)
+        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, size)
+        return {"local": tf.reshape(_pixels(local_clips, cfg.pixels), [views, n, length, size, size, 3]),
+                "global": tf.reshape(_pixels(global_clips, cfg.pixels), [views, length, size, size, 3]),
+                "video_id": video["video_id"]}
 
     videos = _videos(sel, cfg.read, input_context, training=True, needs_label=False)
     return _finish(_elements(videos, make, cfg.read, input_context, training=True),
@@ -471,7 +476,7 @@ def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | No
     "video_id": [B]}; view k*C + c is clip k (evenly spaced) under crop c (short side resized to S,
     then C squares along the long side: start, centre, end; or the centre)."""
     k, c, length, size = cfg.num_clips, cfg.num_crops, cfg.clip_length, cfg.pixels.crop_size
-    augment.eval_crop_boxes(1, 1, c, size)  # rejects a bad num_crops at build time
+    augment.eval_crop_boxes(1, 1, c)  # rejects a bad num_crops at build time
     sel = _select(cfg.source, cfg.read.check_shards)
 
     def make(video, seed):
@@ -479,7 +484,7 @@ def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | No
         indices = sampling.evenly_spaced_clips(
             tf.size(video["frames"]), num_clips=k, clip_length=length, stride=cfg.stride)
         decoded, rows = _decode(video["frames"], indices)
-        boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c, size)
+        boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c)
         views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), size)
         return {"views": tf.ensure_shape(_pixels(views, cfg.pixels), [k * c, length, size, size, 3]),
                 "label": video["label"], "video_id": video["video_id"]}
