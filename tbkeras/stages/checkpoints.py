@@ -21,23 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tbkeras.files import atomic_path
+from tbkeras.files import atomic_save_weights
 
 BACKBONE_WEIGHTS = "backbone.weights.h5"
 HEAD_WEIGHTS = "projection_head.weights.h5"
 CLASSIFIER_WEIGHTS = "classifier.weights.h5"
 
 
-def save_weights(model: keras.Model, path: str) -> None:
-    """`model.save_weights(path)`, atomically (Keras insists the name ends in `.weights.h5`)."""
-    with atomic_path(path) as tmp:
-        keras_tmp = f"{tmp}.weights.h5"
-        try:
-            model.save_weights(keras_tmp)
-            tf.io.gfile.rename(keras_tmp, tmp, overwrite=True)
-        finally:
-            if tf.io.gfile.exists(keras_tmp):
-                tf.io.gfile.remove(keras_tmp)
+save_weights = atomic_save_weights  # re-exported: the stages' one way to write a weights file
 
 
 def head_as_model(head: keras.layers.Layer, feature_dim: int) -> keras.Model:

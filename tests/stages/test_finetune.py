@@ -45,3 +45,16 @@ def test_missing_pretrained_backbone_is_an_error_not_training_from_scratch(tmp_p
     model = tiny.classifier()
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/empty_stage/backbone.weights.h5"):
         load_pretrained_backbone(model, str(tmp_path / "empty_stage"))
+
+
+def test_classifier_weights_round_trip(tmp_path):
+    """`classifier.weights.h5`: what finetuning and the student save, and the next stages load."""
+    model = tiny.classifier(3)
+    for v in model.weights:                         # stand-in for training
+        v.assign(np.asarray(v) * 1.5 + 0.01)
+    path = str(tmp_path / checkpoints.CLASSIFIER_WEIGHTS)
+    checkpoints.save_weights(model, path)
+    fresh = tiny.classifier(4)
+    checkpoints.load_weights_verified(fresh, path, what="finetuned teacher")
+    clip = tiny.supervised_element(batch=2)["clip"]
+    np.testing.assert_allclose(np.asarray(fresh(clip)), np.asarray(model(clip)), rtol=1e-6)
