@@ -61,7 +61,8 @@ def export_classifier(model: keras.Model, export_dir: str, config: ExportConfig)
     """
     if config.mean is None and config.std is not None:
         raise ValueError("ExportConfig.std is set but mean is not: give both or neither")
-    num_classes = int(model.output_shape[-1])
+    probe = tf.zeros([1, config.clip_length, config.crop_size, config.crop_size, 3])
+    num_classes = int(model(probe, training=False).shape[-1])  # works for subclassed models too
     if config.class_names and len(config.class_names) != num_classes:
         raise ValueError(
             f"ExportConfig.class_names has {len(config.class_names)} names but the model outputs "

@@ -1,0 +1,245 @@
+"""Run a stage of the TimeBalance recipe, or the whole recipe, from flags.
+
+    python experiments/run.py --flagfile=experiments/demo.flags            # whole recipe, CPU, minutes
+    python experiments/run.py --flagfile=experiments/ucf101_student.flags  # the student stage on UCF101
+    python experiments/run.py --flagfile=experiments/ucf101_student.flags --stage=all
+
+Every stage writes under `--model_dir/<stage>/` (checkpoints, TensorBoard logs, its resolved
+config, a DONE marker). A killed stage resumes from its backup; a finished one is skipped.
+This file only turns flags into a `tbkeras.recipe.RecipeConfig`; the recipe lives in the library.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+STAGE_CHOICES = ["prepare_data", "pretrain_invariant", "pretrain_distinctive", "pretrain_ssl", "tstr",
+                 "finetune_teachers", "supervised", "student", "evaluate", "export", "all"]
+
+# Runner.
+flags.DEFINE_enum("stage", "all", STAGE_CHOICES, "Which stage to run; 'all' runs the recipe in order.")
+flags.DEFINE_string("model_dir", None, "Where every stage writes its outputs.")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"],
+                  "tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).")
+flags.DEFINE_string("tpu", "", "TPU name or address, with --strategy=tpu.")
+flags.DEFINE_integer("num_gpus", 0, "GPUs for --strategy=mirrored/one_device (0 = all visible / CPU).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy (mixed_bfloat16 is 2-3x faster on recent CPUs).")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile train steps (slower on CPU; try it on GPU/TPU).")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0 = TensorFlow's default).")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0 = TensorFlow's default).")
+
+# Data.
+flags.DEFINE_string("tfrecord_dir", "", "Shards + manifests from build_tfrecords.py.")
+flags.DEFINE_string("train_split", "train", "Split name of the training shards.")
+flags.DEFINE_string("test_split", "test", "Split name of the evaluation shards.")
+flags.DEFINE_string("labeled_list", "", "List of the labeled training videos (make_splits.py); the rest is unlabeled.")
+flags.DEFINE_integer("num_classes", 0, "Expected class count (0 = read from the manifest; else checked against it).")
+flags.DEFINE_integer("crop_size", 112, "Square crop fed to the network.")
+flags.DEFINE_list("normalize_mean", [], "Per-channel mean subtracted from [0,1] RGB pixels (empty = none).")
+flags.DEFINE_list("normalize_std", [], "Per-channel std dividing the pixels (with --normalize_mean).")
+flags.DEFINE_integer("shuffle_buffer", 64, "Videos held in the shuffle buffer.")
+flags.DEFINE_integer("seed", 0, "Seed of the input pipelines.")
+flags.DEFINE_bool("deterministic", False, "Identical batches run to run (slower input).")
+
+# Demo data (prepare_data stage).
+flags.DEFINE_string("synthetic_dir", "", "If set, prepare_data generates a synthetic dataset here and the "
+                    "recipe trains on it (--tfrecord_dir and --labeled_list then default to it).")
+flags.DEFINE_integer("synthetic_classes", 8, "Classes of the synthetic dataset.")
+flags.DEFINE_integer("synthetic_videos_per_class", 40, "Videos per class of the synthetic dataset.")
+flags.DEFINE_integer("synthetic_frames", 64, "Frames per synthetic video.")
+flags.DEFINE_integer("synthetic_size", 96, "Height and width of the synthetic videos.")
+flags.DEFINE_float("labeled_fraction", 0.2, "Labeled fraction of the synthetic training set (stratified).")
+flags.DEFINE_integer("prepare_workers", 2, "Processes generating and converting the synthetic videos.")
+
+# Model.
+flags.DEFINE_enum("backbone", "r3d18", ["r3d18", "r3d50"], "Backbone of teachers and student.")
+flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier (e.g. 0.25 for CPU demos).")
+flags.DEFINE_integer("projection_dim", 128, "Projection head output size.")
+flags.DEFINE_integer("projection_hidden_dim", 512, "Projection head hidden size.")
+flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
+
+# Optimisation, shared by the stages.
+flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warmup, in epochs.")
+flags.DEFINE_integer("plateau_patience", 5, "Halve the lr after this many epochs without a lower training loss.")
+flags.DEFINE_string("profile_batch", "0", "TensorBoard profiler batch: N or 'start,stop' (0 = off).")
+flags.DEFINE_enum("nan_action", "stop", ["stop", "restore"],
+                  "On a non-finite loss: stop naming the step, or restore the last good weights and go on.")
+flags.DEFINE_string("log_every", "epoch", "TensorBoard update frequency: 'epoch' or a number of steps.")
+
+# Self-supervised pretraining.
+flags.DEFINE_integer("ssl_batch_size", 8, "Videos per SSL batch (global).")
+flags.DEFINE_integer("ssl_num_clips", 4, "Clips (timestamps) n per video.")
+flags.DEFINE_integer("ssl_clip_length", 16, "Frames per SSL clip.")
+flags.DEFINE_integer("ssl_epochs", 100, "SSL pretraining epochs.")
+flags.DEFINE_integer("ssl_steps_per_epoch", 100, "SSL steps per epoch.")
+flags.DEFINE_float("ssl_lr", 1e-3, "Adam learning rate of SSL pretraining.")
+flags.DEFINE_float("temperature", 0.1, "Contrastive temperature tau.")
+flags.DEFINE_enum("denominator", "standard", ["standard", "paper"],
+                  "NT-Xent denominator: 'standard' (positive included, official code) or 'paper' (Eq. 1/3).")
+flags.DEFINE_bool("gather_negatives", False, "Gather L_I negatives across replicas.")
+flags.DEFINE_bool("global_clip_as_timestamp", False, "Add the global clip as one more timestamp in L_I.")
+flags.DEFINE_float("tclr_weight_invariance", 1.0, "pretrain_ssl: weight of L_I.")
+flags.DEFINE_float("tclr_weight_pooled", 1.0, "pretrain_ssl: weight of L_D1.")
+flags.DEFINE_float("tclr_weight_global_local", 1.0, "pretrain_ssl: weight of L_D2.")
+
+# Teacher finetuning and the supervised baseline.
+flags.DEFINE_integer("finetune_batch_size", 8, "Clips per finetuning batch (global).")
+flags.DEFINE_integer("finetune_epochs", 100, "Finetuning epochs.")
+flags.DEFINE_integer("finetune_steps_per_epoch", 100, "Finetuning steps per epoch.")
+flags.DEFINE_float("finetune_lr", 1e-3, "Adam learning rate of finetuning.")
+flags.DEFINE_integer("clip_length", 8, "Frames per clip for finetuning, student and evaluation.")
+flags.DEFINE_integer("clip_stride", 2, "Frame stride of those clips.")
+flags.DEFINE_bool("supervised_baseline", False, "Also train a labels-only classifier from scratch (stage 'supervised').")
+
+# Student.
+flags.DEFINE_integer("labeled_batch_size", 4, "Labeled clips per student batch (global).")
+flags.DEFINE_integer("unlabeled_batch_size", 4, "Unlabeled clips per student batch (global).")
+flags.DEFINE_integer("student_epochs", 100, "Student epochs.")
+flags.DEFINE_integer("student_steps_per_epoch", 100, "Student steps per epoch.")
+flags.DEFINE_float("student_lr", 1e-3, "Adam learning rate of the student.")
+flags.DEFINE_enum("student_init", "ssl", ["ssl", "random"], "Student initialisation: pretrain_ssl or random.")
+flags.DEFINE_enum("teachers", "both", ["both", "invariant", "distinctive", "none"], "Teachers distilled.")
+flags.DEFINE_enum("reweighting", "tstr", ["tstr", "average"], "Teacher weight s: TSTR score or 0.5.")
+flags.DEFINE_enum("distill_loss", "l2", ["l2", "kl", "js"], "Distillation loss D (paper Table 6).")
+flags.DEFINE_float("omega_labeled", 50.0, "Weight of D on labeled clips.")
+flags.DEFINE_float("omega_unlabeled", 100.0, "Weight of D on unlabeled clips.")
+
+# Evaluation.
+flags.DEFINE_integer("eval_clips", 10, "Uniformly spaced clips per test video.")
+flags.DEFINE_integer("eval_crops", 3, "Spatial crops per clip: 3 (paper) or 1 (centre, official code).")
+flags.DEFINE_integer("eval_batch_size", 2, "Videos per evaluation batch.")
+
+
+def _profile_batch(text: str):
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise app.UsageError(f"--profile_batch={text!r}: expected N or 'start,stop'") from None
+    if len(values) not in (1, 2):
+        raise app.UsageError(f"--profile_batch={text!r}: expected N or 'start,stop'")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _triple(name: str):
+    values = getattr(FLAGS, name)
+    if not values:
+        return None
+    try:
+        floats = tuple(float(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected three numbers") from None
+    if len(floats) != 3:
+        raise app.UsageError(f"--{name} needs three comma-separated numbers (R,G,B), got {len(floats)}")
+    return floats
+
+
+def build_config():
+    """The `RecipeConfig` the flags describe (imports the library only now, after flag parsing)."""
+    from tbkeras import recipe
+    from tbkeras.data.synthetic import SyntheticConfig
+    from tbkeras.stages.pretrain import ContrastiveConfig, LossWeights
+    from tbkeras.stages.student import StudentConfig
+    from tbkeras.train.stage_dir import TrainConfig
+
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required")
+    log_every = FLAGS.log_every if FLAGS.log_every == "epoch" else int(FLAGS.log_every)
+
+    def train(prefix: str) -> TrainConfig:
+        return TrainConfig(
+            epochs=getattr(FLAGS, f"{prefix}_epochs"), steps_per_epoch=getattr(FLAGS, f"{prefix}_steps_per_epoch"),
+            lr=getattr(FLAGS, f"{prefix}_lr"), warmup_epochs=FLAGS.warmup_epochs,
+            plateau_patience=FLAGS.plateau_patience, mixed_precision=FLAGS.mixed_precision,
+            jit_compile=FLAGS.jit_compile, profile_batch=_profile_batch(FLAGS.profile_batch),
+            nan_action=FLAGS.nan_action, log_every=log_every)
+
+    prepare = None
+    tfrecord_dir, labeled_list = FLAGS.tfrecord_dir, FLAGS.labeled_list
+    if FLAGS.synthetic_dir:
+        prepare = recipe.PrepareSettings(
+            root=FLAGS.synthetic_dir,
+            synthetic=SyntheticConfig(num_classes=FLAGS.synthetic_classes,
+                                      videos_per_class=FLAGS.synthetic_videos_per_class,
+                                      num_frames=FLAGS.synthetic_frames, height=FLAGS.synthetic_size,
+                                      width=FLAGS.synthetic_size, seed=FLAGS.seed),
+            labeled_fraction=FLAGS.labeled_fraction, short_side=FLAGS.synthetic_size,
+            workers=FLAGS.prepare_workers, seed=FLAGS.seed)
+        tfrecord_dir = tfrecord_dir or prepare.tfrecord_dir
+        labeled_list = labeled_list or prepare.labeled_list
+    if not tfrecord_dir:
+        raise app.UsageError("--tfrecord_dir is required (or --synthetic_dir for the demo dataset)")
+    mean, std = _triple("normalize_mean"), _triple("normalize_std")
+    if (mean is None) != (std is None):
+        raise app.UsageError("--normalize_mean and --normalize_std go together")
+
+    return recipe.RecipeConfig(
+        model_dir=FLAGS.model_dir,
+        data=recipe.DataSettings(
+            tfrecord_dir=tfrecord_dir, train_split=FLAGS.train_split, test_split=FLAGS.test_split,
+            labeled_list=labeled_list, num_classes=FLAGS.num_classes, crop_size=FLAGS.crop_size, mean=mean,
+            std=std, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed, deterministic=FLAGS.deterministic),
+        model=recipe.ModelSettings(
+            backbone=FLAGS.backbone, width_multiplier=FLAGS.width_multiplier,
+            projection_hidden_dim=FLAGS.projection_hidden_dim, projection_dim=FLAGS.projection_dim,
+            dropout=FLAGS.dropout),
+        ssl=recipe.SSLSettings(
+            train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
+            clip_length=FLAGS.ssl_clip_length,
+            contrastive=ContrastiveConfig(temperature=FLAGS.temperature, denominator=FLAGS.denominator,
+                                          gather_negatives=FLAGS.gather_negatives,
+                                          global_clip_as_timestamp=FLAGS.global_clip_as_timestamp),
+            tclr_weights=LossWeights(FLAGS.tclr_weight_invariance, FLAGS.tclr_weight_pooled,
+                                     FLAGS.tclr_weight_global_local)),
+        finetune=recipe.SupervisedSettings(
+            train=train("finetune"), batch_size=FLAGS.finetune_batch_size, clip_length=FLAGS.clip_length,
+            stride=FLAGS.clip_stride),
+        student=recipe.StudentSettings(
+            train=train("student"), labeled_batch_size=FLAGS.labeled_batch_size,
+            unlabeled_batch_size=FLAGS.unlabeled_batch_size, clip_length=FLAGS.clip_length,
+            stride=FLAGS.clip_stride, init=FLAGS.student_init,
+            distill=StudentConfig(teachers=FLAGS.teachers, reweighting=FLAGS.reweighting,
+                                  distill_loss=FLAGS.distill_loss, omega_labeled=FLAGS.omega_labeled,
+                                  omega_unlabeled=FLAGS.omega_unlabeled)),
+        evaluation=recipe.EvalSettings(num_clips=FLAGS.eval_clips, num_crops=FLAGS.eval_crops,
+                                       batch_size=FLAGS.eval_batch_size),
+        prepare=prepare,
+        supervised_baseline=FLAGS.supervised_baseline,
+        strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus,
+        mixed_precision=FLAGS.mixed_precision,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+    try:
+        config = build_config()
+    except ValueError as e:  # a config dataclass rejected a flag value
+        raise app.UsageError(str(e)) from None
+    from tbkeras import recipe
+    from tbkeras.files import atomic_write_text
+
+    atomic_write_text(os.path.join(config.model_dir, "flags.txt"), FLAGS.flags_into_string())
+    try:
+        results = recipe.Recipe(config).run(FLAGS.stage)
+    except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
+        sys.exit(f"error: {e}")
+    if "evaluate" in results:
+        print(f"\nTop-1 on the '{config.data.test_split}' split ({config.model_dir}/evaluate/results.md):\n")
+        print(recipe.results_table(results["evaluate"]))
+    for stage, metrics in results.items():
+        logging.info("%s: %s", stage, metrics)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,504 @@
+"""The TimeBalance recipe (paper Algorithm 1) as named stages over one `model_dir`.
+
+Each stage reads what earlier stages left in `model_dir/<stage>/` and leaves its own outputs
+there, ending with a `DONE` marker that records the settings it ran with (its own and those of
+the stages it read). `run_stage` skips a stage whose marker matches, so `run("all")` on a finished
+`model_dir` reruns nothing, and a changed setting reruns exactly the stages it affects.
+
+    prepare_data          (demo only) synthetic videos -> shards -> labeled split
+    pretrain_invariant    f_I, L_I (Eq. 1)                      -> backbone + head weights
+    pretrain_distinctive  f_D, L_D1 + L_D2 (Eq. 3, TCLR)        -> backbone + head weights
+    pretrain_ssl          full TCLR objective: student init     -> backbone + head weights
+    tstr                  s per training video (Eq. 5-6)        -> tstr_scores.json
+    finetune_teachers     f_I, f_D + classifier, labeled CE     -> invariant/, distinctive/
+    supervised            labels-only baseline (optional)       -> classifier weights
+    student               CE + omega * D(p_T, p_S) (Eq. 7-8)    -> classifier weights
+    evaluate              multi-view top-1 on the test split    -> evaluation.json, table
+    export                the student as a SavedModel           -> export/student
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from tbkeras import export as export_lib
+from tbkeras.data import converter, manifest, pipelines, splits, synthetic
+from tbkeras.evaluate import evaluate_classifier, write_evaluation
+from tbkeras.files import atomic_write_text
+from tbkeras.models import ProjectionHead, r3d18, r3d50
+from tbkeras.stages import checkpoints
+from tbkeras.stages.finetune import ClassifierModel, load_pretrained_backbone
+from tbkeras.stages.pretrain import (ContrastiveConfig, DistinctivePretrainer, InvariantPretrainer, LossWeights,
+                                     SSLPretrainer)
+from tbkeras.stages.student import StudentConfig, StudentDistiller
+from tbkeras.stages.tstr_scoring import score_videos, write_scores, write_tensorboard_summaries
+from tbkeras.train.stage_dir import StageDir, TrainConfig, fit_stage, is_done, stage_identity
+from tbkeras.train.strategy import get_strategy
+
+STAGES = ("prepare_data", "pretrain_invariant", "pretrain_distinctive", "pretrain_ssl", "tstr",
+          "finetune_teachers", "supervised", "student", "evaluate", "export")
+BACKBONES = ("r3d18", "r3d50")
+TEACHER_KINDS = ("invariant", "distinctive")
+SCORES_FILE = "tstr_scores.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSettings:
+    """The demo's data: a synthetic dataset, converted, with a stratified labeled subset."""
+
+    root: str
+    synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
+    labeled_fraction: float = 0.2
+    short_side: int = 64
+    num_shards: int = 4
+    workers: int = 2
+    seed: int = 0
+
+    @property
+    def tfrecord_dir(self) -> str:
+        return os.path.join(self.root, "tfrecords")
+
+    @property
+    def labeled_list(self) -> str:
+        return os.path.join(self.root, "splits", f"labeled_{round(self.labeled_fraction * 100)}pct_seed{self.seed}.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the shards are and how pixels look (shared by every stage)."""
+
+    tfrecord_dir: str
+    train_split: str = "train"
+    test_split: str = "test"
+    labeled_list: str = ""  # video-id list of the labeled subset; "" = every training video is labeled
+    num_classes: int = 0  # 0 = from the manifest; otherwise checked against it
+    crop_size: int = 112
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    shuffle_buffer: int = 64
+    seed: int = 0
+    deterministic: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    backbone: str = "r3d18"
+    width_multiplier: float = 1.0
+    projection_hidden_dim: int = 512
+    projection_dim: int = 128
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLSettings:
+    """Self-supervised pretraining (stages 1, 2 and the student's initialisation)."""
+
+    train: TrainConfig
+    batch_size: int = 8
+    num_clips: int = 4
+    clip_length: int = 16
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    tclr_weights: LossWeights = LossWeights()  # pretrain_ssl only
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedSettings:
+    """Teacher finetuning and the labels-only baseline."""
+
+    train: TrainConfig
+    batch_size: int = 8
+    clip_length: int = 8
+    stride: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSettings:
+    train: TrainConfig
+    labeled_batch_size: int = 4
+    unlabeled_batch_size: int = 4
+    clip_length: int = 8
+    stride: int = 2
+    init: str = "ssl"  # "ssl" (from pretrain_ssl) or "random" (paper Table 7)
+    distill: StudentConfig = StudentConfig()
+
+    def __post_init__(self):
+        if self.init not in ("ssl", "random"):
+            raise ValueError(f"student init must be 'ssl' or 'random', got {self.init!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    num_clips: int = 10
+    num_crops: int = 3
+    batch_size: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    """Everything the recipe needs; `experiments/run.py` builds it from flags."""
+
+    model_dir: str
+    data: DataSettings
+    ssl: SSLSettings
+    finetune: SupervisedSettings
+    student: StudentSettings
+    model: ModelSettings = ModelSettings()
+    evaluation: EvalSettings = EvalSettings()
+    prepare: PrepareSettings | None = None
+    supervised_baseline: bool = False
+    strategy: str = "default"
+    tpu: str = ""
+    num_gpus: int = 0
+    mixed_precision: str = "float32"
+
+
+def stage_dir(config: RecipeConfig, stage: str) -> str:
+    return os.path.join(config.model_dir, stage)
+
+
+def stages_for_all(config: RecipeConfig) -> list[str]:
+    """The stages `--stage=all` runs, in order."""
+    wanted = []
+    for stage in STAGES:
+        if stage == "prepare_data" and config.prepare is None:
+            continue
+        if stage == "pretrain_ssl" and config.student.init == "random":
+            continue
+        if stage == "tstr" and not config.student.distill.needs_scores:
+            continue
+        if stage == "supervised" and not config.supervised_baseline:
+            continue
+        wanted.append(stage)
+    return wanted
+
+
+class Recipe:
+    """Runs stages of one `RecipeConfig`; builds the strategy once, models per stage."""
+
+    def __init__(self, config: RecipeConfig):
+        self.config = config
+        self._strategy = None
+
+    # ------------------------------------------------------------------------------ plumbing
+    @property
+    def strategy(self) -> tf.distribute.Strategy:
+        if self._strategy is None:
+            self._strategy = get_strategy(self.config.strategy, tpu=self.config.tpu, num_gpus=self.config.num_gpus)
+        return self._strategy
+
+    def run(self, stage: str) -> dict[str, Any]:
+        """Run one stage, or every stage for "all"; returns {stage: metrics}."""
+        if stage == "all":
+            results = {}
+            for name in stages_for_all(self.config):
+                results.update(self.run(name))
+            return results
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES + ('all',))}")
+        keras.config.set_dtype_policy(self.config.mixed_precision)
+        return {stage: getattr(self, f"_{stage}")()}
+
+    def _train(self, train: TrainConfig) -> TrainConfig:
+        return dataclasses.replace(train, mixed_precision=self.config.mixed_precision)
+
+    def _done_config(self, stage: str) -> dict[str, Any]:
+        """The settings a finished stage ran with; an error naming the stage if it has not run."""
+        stage_path = stage_dir(self.config, stage)
+        marker = StageDir(stage_path)
+        if not tf.io.gfile.exists(marker.done_path):
+            raise FileNotFoundError(
+                f"stage {stage!r} has not finished in {stage_path}: run --stage={stage} first (or --stage=all)")
+        return marker.read_done()["config"]
+
+    def _data_dir(self) -> str:
+        return self.config.data.tfrecord_dir
+
+    def _class_names(self) -> list[str]:
+        """Class names from the train manifest, checked against the configured class count."""
+        data = self.config.data
+        classes = list(manifest.load_manifest(data.tfrecord_dir, data.train_split)["classes"])
+        if data.num_classes and data.num_classes != len(classes):
+            raise ValueError(
+                f"num_classes={data.num_classes} but the manifest of {data.tfrecord_dir} "
+                f"({data.train_split}) lists {len(classes)} classes")
+        return classes
+
+    def _source(self, split: str, *, labeled: bool | None = None) -> pipelines.VideoSource:
+        """A split, or its labeled / unlabeled part (by the labeled list)."""
+        data = self.config.data
+        listed = data.labeled_list or None
+        if labeled is None or listed is None:
+            if labeled is False:
+                raise ValueError("the student stage needs unlabeled videos: set the labeled list (--labeled_list)")
+            return pipelines.VideoSource(data.tfrecord_dir, split)
+        if labeled:
+            return pipelines.VideoSource(data.tfrecord_dir, split, include_ids_file=listed)
+        return pipelines.VideoSource(data.tfrecord_dir, split, exclude_ids_file=listed)
+
+    def _pixels(self) -> pipelines.PixelFormat:
+        data = self.config.data
+        return pipelines.PixelFormat(crop_size=data.crop_size, mean=data.mean, std=data.std)
+
+    def _read(self, training: bool = True) -> pipelines.ReadOptions:
+        data = self.config.data
+        return pipelines.ReadOptions(shuffle_buffer=data.shuffle_buffer if training else 1,
+                                     seed=data.seed, deterministic=data.deterministic)
+
+    def _distributed(self, pipeline: Callable, config: Any):
+        if self.strategy.num_replicas_in_sync == 1:
+            return pipeline(config)
+        return pipelines.distribute(self.strategy, pipeline, config)
+
+    def _backbone(self, name: str) -> keras.Model:
+        m = self.config.model
+        if m.backbone == "r3d18":
+            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, name=name)
+        return r3d50(width_multiplier=m.width_multiplier, name=name)
+
+    def _head(self) -> ProjectionHead:
+        m = self.config.model
+        return ProjectionHead(hidden_dim=m.projection_hidden_dim, output_dim=m.projection_dim,
+                              name="projection_head")
+
+    def _classifier(self, num_classes: int, name: str) -> ClassifierModel:
+        return ClassifierModel(self._backbone(f"{name}_backbone"), num_classes,
+                               dropout=self.config.model.dropout, name=name)
+
+    # --------------------------------------------------------------------------------- stages
+    def _prepare_data(self) -> dict[str, Any]:
+        prep = self.config.prepare
+        if prep is None:
+            raise ValueError("prepare_data makes the demo's synthetic dataset: it needs the synthetic settings "
+                             "(--synthetic_dir), which this configuration does not have")
+        marker = StageDir(stage_dir(self.config, "prepare_data"))
+        identity = {"prepare": dataclasses.asdict(prep)}
+        if is_done(marker.path, identity):
+            return marker.read_done()["metrics"]
+        video_root = os.path.join(prep.root, "synthetic")
+        synthetic.generate_dataset(prep.synthetic, video_root, workers=prep.workers)
+        counts = {}
+        for split in ("train", "test"):
+            entries, classes = splits.parse_layout("ucf101", os.path.join(video_root, "videos"),
+                                                   os.path.join(video_root, "splits"), split, 1)
+            summary = converter.convert(entries, classes, converter.ConversionConfig(
+                output_dir=prep.tfrecord_dir, split=split, num_shards=min(prep.num_shards, len(entries)),
+                workers=prep.workers, short_side=prep.short_side, show_progress=False))
+            counts[f"{split}_videos"] = summary.num_written
+            counts[f"{split}_failed"] = summary.num_failed
+        header, lines = splits.read_list_lines(os.path.join(video_root, "splits", "trainlist01.txt"))
+        labeled, _ = splits.stratified_subset(lines, fraction=prep.labeled_fraction, seed=prep.seed)
+        atomic_write_text(prep.labeled_list, splits.format_list_file(header, labeled))
+        counts["labeled_videos"] = len(labeled)
+        marker.mark_done(identity, counts)
+        return counts
+
+    def _pretrain(self, stage: str, model_cls: Callable, extra: dict, views: int = 2) -> dict[str, Any]:
+        ssl = self.config.ssl
+        train = self._train(ssl.train)
+        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
+                    "ssl": {k: v for k, v in dataclasses.asdict(ssl).items() if k != "train"}, **extra}
+        path = stage_dir(self.config, stage)
+        encoder_files = [os.path.join(path, checkpoints.BACKBONE_WEIGHTS), os.path.join(path, checkpoints.HEAD_WEIGHTS)]
+        if is_done(path, stage_identity(train, identity)) and all(map(tf.io.gfile.exists, encoder_files)):
+            return StageDir(path).read_done()["metrics"]
+        with self.strategy.scope():
+            model = model_cls(self._backbone(f"{stage}_backbone"), self._head(), **extra_kwargs(model_cls, ssl))
+        dataset = self._distributed(pipelines.ssl_dataset, pipelines.SSLConfig(
+            source=self._source(self.config.data.train_split), batch_size=ssl.batch_size,
+            num_clips=ssl.num_clips, clip_length=ssl.clip_length, views=views, pixels=self._pixels(),
+            read=self._read()))
+        result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
+        checkpoints.save_encoder(path, model.backbone, model.head)
+        return result.metrics
+
+    def _pretrain_invariant(self) -> dict[str, Any]:
+        # L_I compares clips of one view: a second augmented view would only cost time.
+        return self._pretrain("pretrain_invariant", InvariantPretrainer, {"objective": "invariant"}, views=1)
+
+    def _pretrain_distinctive(self) -> dict[str, Any]:
+        return self._pretrain("pretrain_distinctive", DistinctivePretrainer, {"objective": "distinctive"})
+
+    def _pretrain_ssl(self) -> dict[str, Any]:
+        return self._pretrain("pretrain_ssl", SSLPretrainer,
+                              {"objective": "tclr", "weights": dataclasses.asdict(self.config.ssl.tclr_weights)})
+
+    def _tstr(self) -> dict[str, Any]:
+        path = stage_dir(self.config, "tstr")
+        marker = StageDir(path)
+        identity = {"pretrain_invariant": self._done_config("pretrain_invariant"),
+                    "pretrain_distinctive": self._done_config("pretrain_distinctive")}
+        if is_done(path, identity):
+            return marker.read_done()["metrics"]
+        encoders = {}
+        for kind in TEACHER_KINDS:
+            backbone, head = self._backbone(f"{kind}_backbone"), self._head()
+            checkpoints.load_encoder(stage_dir(self.config, f"pretrain_{kind}"), backbone, head)
+            encoders[kind] = (backbone, head)
+        ssl = self.config.ssl
+        dataset = pipelines.tstr_dataset(pipelines.TSTRConfig(
+            source=self._source(self.config.data.train_split), batch_size=ssl.batch_size, num_clips=ssl.num_clips,
+            clip_length=ssl.clip_length, pixels=self._pixels(), read=self._read(training=False)))
+        scores = score_videos(*encoders["invariant"], *encoders["distinctive"], dataset)
+        summary = write_scores(os.path.join(path, SCORES_FILE), scores)
+        write_tensorboard_summaries(os.path.join(path, "tensorboard"), scores)
+        metrics = {k: summary[k] for k in ("count", "mean", "std", "min", "max")}
+        marker.mark_done(identity, metrics)
+        return metrics
+
+    def _fit_classifier(self, path: str, identity: dict, settings: SupervisedSettings,
+                        pretrain_dir: str | None) -> dict[str, Any]:
+        """Labeled cross-entropy training of backbone + classifier (teachers, baseline)."""
+        train = self._train(settings.train)
+        if is_done(path, stage_identity(train, identity)):
+            return StageDir(path).read_done()["metrics"]
+        num_classes = len(self._class_names())
+        with self.strategy.scope():
+            model = self._classifier(num_classes, name="classifier_model")
+            if pretrain_dir is not None:
+                load_pretrained_backbone(model, pretrain_dir)
+        dataset = self._distributed(pipelines.supervised_dataset, pipelines.SupervisedConfig(
+            source=self._source(self.config.data.train_split, labeled=True), batch_size=settings.batch_size,
+            clip_length=settings.clip_length, stride=settings.stride, pixels=self._pixels(), read=self._read()))
+        return fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity).metrics
+
+    def _finetune_teachers(self) -> dict[str, Any]:
+        metrics = {}
+        for kind in TEACHER_KINDS:
+            pretrain = f"pretrain_{kind}"
+            identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
+                        "finetune": dataclasses.asdict(self.config.finetune), pretrain: self._done_config(pretrain)}
+            metrics[kind] = self._fit_classifier(os.path.join(stage_dir(self.config, "finetune_teachers"), kind),
+                                                 identity, self.config.finetune, stage_dir(self.config, pretrain))
+        return metrics
+
+    def _supervised(self) -> dict[str, Any]:
+        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
+                    "finetune": dataclasses.asdict(self.config.finetune), "init": "random"}
+        return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune, None)
+
+    def _teacher(self, kind: str, num_classes: int) -> ClassifierModel:
+        teacher = self._classifier(num_classes, name=f"{kind}_teacher")
+        path = os.path.join(stage_dir(self.config, "finetune_teachers"), kind)
+        checkpoints.load_weights_verified(teacher, StageDir(path).final_weights_path, what=f"finetuned {kind} teacher")
+        return teacher
+
+    def _student(self) -> dict[str, Any]:
+        st = self.config.student
+        train = self._train(st.train)
+        path = stage_dir(self.config, "student")
+        upstream = {"finetune_teachers/" + k: self._done_config(f"finetune_teachers/{k}") for k in TEACHER_KINDS
+                    if st.distill.teachers in ("both", k)}
+        if st.distill.needs_scores:
+            upstream["tstr"] = self._done_config("tstr")
+        if st.init == "ssl":
+            upstream["pretrain_ssl"] = self._done_config("pretrain_ssl")
+        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
+                    "student": {k: v for k, v in dataclasses.asdict(st).items() if k != "train"}, **upstream}
+        if is_done(path, stage_identity(train, identity)):
+            return StageDir(path).read_done()["metrics"]
+        num_classes = len(self._class_names())
+        with self.strategy.scope():
+            student = self._classifier(num_classes, name="student")
+            if st.init == "ssl":
+                load_pretrained_backbone(student, stage_dir(self.config, "pretrain_ssl"))
+            teachers = {k: self._teacher(k, num_classes) if st.distill.teachers in ("both", k) else None
+                        for k in TEACHER_KINDS}
+            model = StudentDistiller(student, teachers["invariant"], teachers["distinctive"], st.distill)
+        scores = os.path.join(stage_dir(self.config, "tstr"), SCORES_FILE) if st.distill.needs_scores else None
+        train_split = self.config.data.train_split
+        dataset = self._distributed(pipelines.student_dataset, pipelines.StudentConfig(
+            labeled=self._source(train_split, labeled=True), unlabeled=self._source(train_split, labeled=False),
+            labeled_batch_size=st.labeled_batch_size, unlabeled_batch_size=st.unlabeled_batch_size,
+            clip_length=st.clip_length, stride=st.stride, scores_file=scores, pixels=self._pixels(),
+            read=self._read()))
+        result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
+        checkpoints.save_weights(student, os.path.join(path, checkpoints.CLASSIFIER_WEIGHTS))
+        return result.metrics
+
+    def _evaluated_models(self) -> dict[str, str]:
+        """{row name: classifier weights file} of every finished classifier stage."""
+        candidates = {
+            "invariant teacher": os.path.join(stage_dir(self.config, "finetune_teachers"), "invariant"),
+            "distinctive teacher": os.path.join(stage_dir(self.config, "finetune_teachers"), "distinctive"),
+            "supervised only": stage_dir(self.config, "supervised"),
+        }
+        found = {name: StageDir(p).final_weights_path for name, p in candidates.items()
+                 if tf.io.gfile.exists(StageDir(p).done_path)}
+        student_weights = os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS)
+        if not tf.io.gfile.exists(StageDir(stage_dir(self.config, "student")).done_path):
+            raise FileNotFoundError(f"stage 'student' has not finished in {stage_dir(self.config, 'student')}: "
+                                    "run --stage=student first (or --stage=all)")
+        found["student"] = student_weights
+        return found
+
+    def _evaluate(self) -> dict[str, Any]:
+        path = stage_dir(self.config, "evaluate")
+        marker = StageDir(path)
+        weights = self._evaluated_models()
+        identity = {"evaluation": dataclasses.asdict(self.config.evaluation),
+                    "models": {name: StageDir(os.path.dirname(w)).read_done()["config"] for name, w in weights.items()}}
+        if is_done(path, identity):
+            metrics = marker.read_done()["metrics"]
+        else:
+            class_names = self._class_names()
+            ev, sup = self.config.evaluation, self.config.finetune
+            dataset = pipelines.eval_dataset(pipelines.EvalConfig(
+                source=self._source(self.config.data.test_split), batch_size=ev.batch_size, num_clips=ev.num_clips,
+                num_crops=ev.num_crops, clip_length=sup.clip_length, stride=sup.stride, pixels=self._pixels(),
+                read=self._read(training=False)))
+            metrics = {}
+            for name, weights_file in weights.items():
+                model = self._classifier(len(class_names), name=name.replace(" ", "_"))
+                checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
+                result = evaluate_classifier(model, dataset, len(class_names), class_names)
+                write_evaluation(os.path.join(path, f"{name.replace(' ', '_')}.json"), result)
+                metrics[name] = {"top1": result.top1, "top5": result.top5,
+                                 "mean_class_accuracy": result.mean_class_accuracy, "videos": result.num_videos}
+            atomic_write_text(os.path.join(path, "results.md"), results_table(metrics))
+            marker.mark_done(identity, metrics)
+        logging.info("evaluation on %s:\n%s", self.config.data.test_split, results_table(metrics))
+        return metrics
+
+    def _export(self) -> dict[str, Any]:
+        path = stage_dir(self.config, "export")
+        marker = StageDir(path)
+        export_dir = os.path.join(path, "student")
+        identity = {"student": self._done_config("student"), "data": dataclasses.asdict(self.config.data)}
+        if is_done(path, identity) and tf.io.gfile.exists(export_dir):
+            return marker.read_done()["metrics"]
+        class_names = self._class_names()
+        student = self._classifier(len(class_names), name="student")
+        checkpoints.load_weights_verified(
+            student, os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS), what="student weights")
+        data, st = self.config.data, self.config.student
+        export_lib.export_classifier(student, export_dir, export_lib.ExportConfig(
+            clip_length=st.clip_length, crop_size=data.crop_size, mean=data.mean, std=data.std,
+            class_names=tuple(class_names)))
+        metrics = {"export_dir": export_dir, "num_classes": len(class_names)}
+        marker.mark_done(identity, metrics)
+        return metrics
+
+
+def extra_kwargs(model_cls: Callable, ssl: SSLSettings) -> dict[str, Any]:
+    """Constructor settings of a pretrainer class: the TCLR weights only for the full objective."""
+    if model_cls is SSLPretrainer:
+        return {"config": ssl.contrastive, "weights": ssl.tclr_weights}
+    return {"config": ssl.contrastive}
+
+
+def results_table(metrics: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of the evaluated models' top-1 / top-5 / mean class accuracy."""
+    rows = ["| model | top-1 | top-5 | mean class acc. | videos |", "|---|---:|---:|---:|---:|"]
+    for name, m in metrics.items():
+        rows.append(f"| {name} | {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | "
+                    f"{100 * m['mean_class_accuracy']:.1f} | {m['videos']} |")
+    return "\n".join(rows) + "\n"
