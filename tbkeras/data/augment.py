@@ -151,8 +151,9 @@ def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: 
     for c in range(num_clips):
         top, left, height, width, flip = tf.unstack(boxes[c])
         region = tf.gather(frames, frame_ids[c])[:, top:top + height, left:left + width]
-        clip = tf.image.resize(region, [size, size])
-        clips.append(tf.cond(flip > 0, lambda: tf.reverse(clip, axis=[2]), lambda: clip))
+        # Mirror the uint8 region: 4x fewer bytes than the float output.
+        region = tf.cond(flip > 0, lambda: tf.reverse(region, axis=[2]), lambda: region)
+        clips.append(tf.image.resize(region, [size, size]))
     return tf.stack(clips) * (1.0 / 255.0)
 
 
@@ -205,6 +206,18 @@ def _blend_with_gray(weight: tf.Tensor) -> tf.Tensor:
     return weight[:, None, None] * eye + (1.0 - weight)[:, None, None] * to_gray
 
 
+def _apply_matrices(x: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """`out[c] = matrices[c] @ rgb` for every pixel of clip c: `[C, T, S, S, 3]`, `[C, 3, 3]`.
+
+    A 1x1 convolution per clip when C is static (oneDNN makes it ~1.6x faster than the batched
+    matmul an einsum becomes with an inner dimension of 3).
+    """
+    if x.shape[0] is None:
+        return tf.einsum("ctyxi,cji->ctyxj", x, matrices)
+    return tf.stack([tf.nn.conv2d(x[c], tf.transpose(matrices[c])[None, None], 1, "VALID")
+                     for c in range(x.shape[0])])
+
+
 def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
     """Colour jitter, then grayscale (with a gamma) or dropping a channel; one draw per clip.
 
@@ -236,10 +249,14 @@ def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> t
         keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
         matrix = keep[:, :, None] * matrix
         # Contrast first: c * x + (1 - c) * mean_t, so out = c M x + (1 - c) mean_t M 1.
-        frame_mean = tf.reduce_mean(tf.tensordot(x, tf.constant(_LUMA), 1), axis=[2, 3])  # [C, T]
-        offset = ((1.0 - contrast)[:, None, None] * frame_mean[:, :, None]
-                  * tf.reduce_sum(matrix, axis=2)[:, None, :])  # [C, T, 3]
-        out = tf.einsum("ctyxi,cji->ctyxj", x, contrast[:, None, None] * matrix)
+        def contrast_offset():
+            frame_mean = tf.reduce_mean(tf.tensordot(x, tf.constant(_LUMA), 1), axis=[2, 3])  # [C, T]
+            return ((1.0 - contrast)[:, None, None] * frame_mean[:, :, None]
+                    * tf.reduce_sum(matrix, axis=2)[:, None, :])  # [C, T, 3]
+
+        offset = tf.cond(tf.reduce_any(contrast != 1.0), contrast_offset,
+                         lambda: tf.zeros([tf.shape(x)[0], tf.shape(x)[1], 3]))
+        out = _apply_matrices(x, contrast[:, None, None] * matrix)
         return tf.clip_by_value(out + offset[:, :, None, None, :], 0.0, 1.0)
 
     # About half the weak-preset clips draw no colour op at all: skip the pass for them.
