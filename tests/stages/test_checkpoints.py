@@ -59,3 +59,21 @@ def test_save_weights_is_atomic_and_leaves_no_temp_files(tmp_path):
     checkpoints.save_weights(tiny.backbone(), path)
     checkpoints.save_weights(tiny.backbone(), path)   # overwrite in place
     assert os.listdir(tmp_path) == ["classifier.weights.h5"]
+
+
+def test_partial_load_is_refused(tmp_path, monkeypatch):
+    """Keras can skip a nested layer with only a warning; a kernel left fresh must be an error."""
+    def two_layers():
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="a"), keras.layers.Dense(2, name="b")])
+    path = str(tmp_path / "model.weights.h5")
+    checkpoints.save_weights(_perturbed(two_layers()), path)
+    model = two_layers()
+    reference = two_layers()
+    reference.load_weights(path)
+
+    def load_only_first_layer(_):
+        for v, ref in zip(model.layers[0].weights, reference.layers[0].weights):
+            v.assign(ref)
+    monkeypatch.setattr(model, "load_weights", load_only_first_layer)
+    with pytest.raises(ValueError, match=r"left these kernels .* at their fresh values \(partial load\).*b/kernel"):
+        checkpoints.load_weights_verified(model, path)

@@ -51,7 +51,7 @@ def test_scores_every_video_once_against_numpy():
 
 def test_a_video_scored_twice_is_an_error():
     inv = _encoder(0)
-    _, dataset = _tstr_dataset(num_videos=3, ids=["a", "b", "a"])
+    _, dataset = _tstr_dataset(num_videos=3, ids=["a", "b", "a"], batch=3)
     with pytest.raises(ValueError, match="video id 'a' appears twice"):
         score_videos(*inv, *inv, dataset)
 
