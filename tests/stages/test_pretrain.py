@@ -23,7 +23,7 @@ from tests.stages import tiny
 ], ids=["invariant", "distinctive", "ssl"])
 def test_pretrainer_loss_goes_down_and_logs_its_terms(make, terms, eagerly):
     model = make(tiny.backbone(), tiny.head())
-    history = tiny.fit_history(model, tiny.ssl_element(), steps=4, eagerly=eagerly)
+    history = tiny.fit_history(model, tiny.ssl_element(), steps=3 if eagerly else 4, eagerly=eagerly)
     assert sorted(history) == sorted(["loss"] + terms)
     tiny.assert_decreases(history["loss"], type(model).__name__)
     total = sum(np.array(history[t]) for t in terms)
