@@ -21,7 +21,6 @@ Writes benchmarks/results/input_pipeline.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform

@@ -322,21 +322,21 @@ def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext 
     return videos
 
 
-def _elements(videos: tf.data.Dataset, make: Callable[[dict, tf.Tensor], dict], read: ReadOptions,
-              ctx: tf.distribute.InputContext | None, training: bool) -> tf.data.Dataset:
-    """Map each video to an element with its own stateless seed `[2]`."""
+def _dataset(sel: _Selection, make: Callable[[dict, tf.Tensor], dict], batch_size: int, read: ReadOptions,
+             ctx: tf.distribute.InputContext | None, *, training: bool, needs_label: bool) -> tf.data.Dataset:
+    """Videos of `sel` -> `make(video, seed)` per video (seed: its own stateless int64 `[2]`) ->
+    per-replica batches -> prefetch. Training: infinite, last partial batch dropped."""
+    videos = _videos(sel, read, ctx, training=training, needs_label=needs_label)
     if training:
         seeds = tf.data.Dataset.random(seed=_pipeline_seed(read, ctx)).batch(2)
     else:
         seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
-    return tf.data.Dataset.zip(videos, seeds).map(
-        _graph_fn(make), num_parallel_calls=AUTOTUNE, deterministic=read.deterministic or not training)
-
-
-def _finish(elements: tf.data.Dataset, batch_size: int, read: ReadOptions, training: bool) -> tf.data.Dataset:
-    batched = elements.batch(batch_size, drop_remainder=training)
+    deterministic = read.deterministic or not training
+    elements = tf.data.Dataset.zip(videos, seeds).map(
+        _graph_fn(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    batched = elements.batch(_per_replica(batch_size, ctx), drop_remainder=training)
     options = tf.data.Options()
-    options.deterministic = read.deterministic or not training
+    options.deterministic = deterministic
     return batched.prefetch(AUTOTUNE).with_options(options)
 
 
@@ -386,9 +386,7 @@ def _clip_dataset(sel: _Selection, batch_size: int, clip_length: int, stride: in
             out["score"] = scores.lookup(video["video_id"])
         return out
 
-    videos = _videos(sel, read, ctx, training=True, needs_label=with_label)
-    return _finish(_elements(videos, make, read, ctx, training=True), _per_replica(batch_size, ctx),
-                   read, training=True)
+    return _dataset(sel, make, batch_size, read, ctx, training=True, needs_label=with_label)
 
 
 # --------------------------------------------------------------------------- public pipelines
@@ -418,9 +416,7 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
                 "global": tf.reshape(_pixels(global_clips, cfg.pixels), [views, length, size, size, 3]),
                 "video_id": video["video_id"]}
 
-    videos = _videos(sel, cfg.read, input_context, training=True, needs_label=False)
-    return _finish(_elements(videos, make, cfg.read, input_context, training=True),
-                   _per_replica(cfg.batch_size, input_context), cfg.read, training=True)
+    return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=True, needs_label=False)
 
 
 def supervised_dataset(cfg: SupervisedConfig,
@@ -466,9 +462,7 @@ def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | No
         return {"clips": tf.ensure_shape(_pixels(clips, cfg.pixels), [n, length, size, size, 3]),
                 "video_id": video["video_id"]}
 
-    videos = _videos(sel, cfg.read, input_context, training=False, needs_label=False)
-    return _finish(_elements(videos, make, cfg.read, input_context, training=False),
-                   _per_replica(cfg.batch_size, input_context), cfg.read, training=False)
+    return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=False)
 
 
 def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -489,9 +483,7 @@ def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | No
         return {"views": tf.ensure_shape(_pixels(views, cfg.pixels), [k * c, length, size, size, 3]),
                 "label": video["label"], "video_id": video["video_id"]}
 
-    videos = _videos(sel, cfg.read, input_context, training=False, needs_label=True)
-    return _finish(_elements(videos, make, cfg.read, input_context, training=False),
-                   _per_replica(cfg.batch_size, input_context), cfg.read, training=False)
+    return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=True)
 
 
 def distribute(strategy: tf.distribute.Strategy,
