@@ -13,7 +13,9 @@ Pixels leave as float32 RGB in [0, 1]; `normalize` applies a mean/std (export re
 The settings and the order of the ops follow the official TimeBalance loaders
 (`dataloaders/dl_ssl.py` for `STRONG`, `dl_semisup_2clips.py` for `WEAK`): resized crop, contrast,
 hue, saturation, brightness, then grayscale (with a gamma change) or dropping one colour channel,
-horizontal flip, random erasing.
+horizontal flip (done with the crop: it commutes with the colour ops), random erasing. Deliberate
+differences: hue is a YIQ chroma rotation (not an HSV round trip) and values are clamped once,
+after the colour ops, not after each; see `color_augment`.
 """
 from __future__ import annotations
 
