@@ -534,9 +534,10 @@ def generate_dataset(config: SyntheticConfig, out_dir: str, workers: int = 2,
         if workers == 1:
             results: Iterator[bool] = map(_make_video, tasks)
         else:
-            # fork: workers inherit the imported modules instead of re-importing TensorFlow each.
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            # spawn, not fork: a forked child of a process whose OpenCV or TensorFlow thread pools
+            # are running can deadlock (seen in the test suite). This module and its imports do
+            # not load TensorFlow, so a spawned worker starts in well under a second.
+            context = multiprocessing.get_context("spawn")
             pool = stack.enter_context(context.Pool(workers, initializer=_init_worker))
             results = pool.imap_unordered(_make_video, tasks, chunksize=4)
         if progress:
