@@ -1,0 +1,77 @@
+"""The recipe's stage order and its errors on bad input (fast: nothing is trained here)."""
+import dataclasses
+
+import pytest
+
+from tbkeras import recipe
+from tbkeras.stages.student import StudentConfig
+from tbkeras.train.stage_dir import TrainConfig
+from tests.data.shard_fixtures import FakeVideo, write_split
+
+
+def _config(tmp_path, **overrides) -> recipe.RecipeConfig:
+    train = TrainConfig(epochs=1, steps_per_epoch=1, warmup_epochs=0)
+    config = recipe.RecipeConfig(
+        model_dir=str(tmp_path / "run"),
+        data=recipe.DataSettings(tfrecord_dir=str(tmp_path / "tfrecords"), crop_size=16),
+        ssl=recipe.SSLSettings(train=train, batch_size=2),
+        finetune=recipe.SupervisedSettings(train=train, batch_size=2),
+        student=recipe.StudentSettings(train=train),
+        model=recipe.ModelSettings(width_multiplier=0.125),
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def test_all_runs_the_paper_order_and_skips_what_the_ablation_does_not_use(tmp_path):
+    config = _config(tmp_path)
+    assert recipe.stages_for_all(config) == [
+        "pretrain_invariant", "pretrain_distinctive", "pretrain_ssl", "tstr", "finetune_teachers",
+        "student", "evaluate", "export"]
+    ablation = dataclasses.replace(
+        config, supervised_baseline=True,
+        student=dataclasses.replace(config.student, init="random", distill=StudentConfig(reweighting="average")))
+    assert recipe.stages_for_all(ablation) == [
+        "pretrain_invariant", "pretrain_distinctive", "finetune_teachers", "supervised", "student",
+        "evaluate", "export"]
+
+
+def test_unknown_stage_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage 'pretrain'.*pretrain_invariant.*all"):
+        recipe.Recipe(_config(tmp_path)).run("pretrain")
+
+
+def test_unknown_backbone_is_rejected():
+    with pytest.raises(ValueError, match="unknown backbone 'r2d'.*r3d18, r3d50"):
+        recipe.ModelSettings(backbone="r2d")
+
+
+def test_missing_tfrecord_dir_names_the_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tfrecords.*train-manifest.json"):
+        recipe.Recipe(_config(tmp_path)).run("supervised")
+
+
+def test_class_count_must_match_the_manifest(tmp_path):
+    write_split(str(tmp_path / "tfrecords"), "train", [FakeVideo(f"v{i}", 20, i % 3) for i in range(6)])
+    config = _config(tmp_path)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_classes=5))
+    with pytest.raises(ValueError, match="num_classes=5 but the manifest .* lists 3 classes"):
+        recipe.Recipe(config).run("supervised")
+
+
+@pytest.mark.parametrize("stage, missing", [
+    ("tstr", "pretrain_invariant"),
+    ("finetune_teachers", "pretrain_invariant"),
+    ("student", "finetune_teachers/invariant"),
+    ("evaluate", "student"),
+    ("export", "student"),
+])
+def test_a_stage_names_the_stage_that_makes_its_inputs(tmp_path, stage, missing):
+    with pytest.raises(FileNotFoundError, match=f"stage '{missing}' has not finished.*--stage="):
+        recipe.Recipe(_config(tmp_path)).run(stage)
+
+
+def test_student_without_a_labeled_list_has_no_unlabeled_videos(tmp_path):
+    source = recipe.Recipe(_config(tmp_path))._source
+    assert source("train", labeled=True).include_ids_file is None  # every video is labeled
+    with pytest.raises(ValueError, match="--labeled_list"):
+        source("train", labeled=False)
