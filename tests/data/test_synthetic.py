@@ -1,11 +1,11 @@
 import os
 import re
 
-import cv2
 import numpy as np
 import pytest
 
 from tbkeras.data import synthetic
+from tests.data.video_files import cv2_frames
 
 # Tiny videos: big enough for a visible object, small enough that every test takes well under 1 s.
 TINY = synthetic.SyntheticConfig(num_classes=4, videos_per_class=4, clips_per_group=2, num_frames=8,
@@ -18,17 +18,10 @@ COMPOSITE_PAIRS = sorted({tuple(sorted((a.name, f"{a.parts[1]}Then{a.parts[0]}")
 
 def _decode(path, fps=None):
     """OpenCV's decode of `path` as RGB [T, H, W, 3]; checks the stored frame rate if given."""
-    cap = cv2.VideoCapture(path)
+    frames, stored_fps = cv2_frames(path)
     if fps is not None:
-        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(fps)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return np.stack(frames)
+        assert stored_fps == pytest.approx(fps)
+    return frames
 
 
 def _render_with(name, seed, config, scene_seed=None):
