@@ -10,6 +10,7 @@ from tbkeras.data import pipelines, sampling, tfrecord
 from tbkeras.data.pipelines import (EvalConfig, PixelFormat, ReadOptions, SSLConfig, StudentConfig,
                                     SupervisedConfig, TSTRConfig, VideoSource)
 from tests.data.shard_fixtures import (FakeVideo, column_x, frame_indices, write_ids_file, write_scores,
+from tests.strategies import two_cpu_strategy
                                        write_split)
 
 H, W, S = 32, 40, 16
@@ -176,7 +177,7 @@ def test_deterministic_mode_repeats_batches(data):
 
 
 def test_mirrored_strategy_gets_per_replica_batches(data):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy()
     cfg = StudentConfig(labeled=VideoSource(data["dir"], include_ids_file=data["labeled"]),
                         unlabeled=VideoSource(data["dir"], exclude_ids_file=data["labeled"]),
                         labeled_batch_size=4, unlabeled_batch_size=6, pixels=PIX, read=SEEDED)

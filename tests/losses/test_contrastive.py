@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tbkeras.losses import (
+from tests.strategies import two_cpu_strategy
     global_local_loss,
     temporal_distinctiveness_loss,
     temporal_invariance_loss,
@@ -309,21 +310,9 @@ def test_one_replica_strategy_equals_the_plain_loss():
     np.testing.assert_allclose(losses[0], float(temporal_invariance_loss(z)), rtol=1e-6)
 
 
-class _IsolatedMirroredStrategy(tf.distribute.MirroredStrategy):
-    """A MirroredStrategy whose collective keys cannot clash with other tests' strategies.
-
-    TF caches a collective's shape by (group key, instance key), and every MirroredStrategy on the
-    same devices restarts from the same keys: a later strategy whose first collective has another
-    shape fails ("Shape mismatch in the collective instance 100"). TF's own tests offset
-    `_collective_key_base` (strategy_combinations.py); a subclass does it without global state.
-    """
-
-    _collective_key_base = 4_000_000
-
-
 @pytest.fixture(scope="module")
 def two_replica_strategy():
-    return _IsolatedMirroredStrategy(["/cpu:0", "/cpu:1"])
+    return two_cpu_strategy()
 
 
 @pytest.mark.parametrize("denominator", ["standard", "paper"])

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tbkeras.stages.student import StudentConfig, StudentDistiller
 from tests.stages import tiny
+from tests.strategies import two_cpu_strategy
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_mirrored_strategy_matches_single_device():
     element = tiny.student_element(labeled=4, unlabeled=4)
     fresh, single, single_logs = _distiller_after_two_sgd_steps(tf.distribute.OneDeviceStrategy("/cpu:0"), element)
     _, mirrored, mirrored_logs = _distiller_after_two_sgd_steps(
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), element)
+        two_cpu_strategy(), element)
     moved = max(np.abs(s - f).max() for s, f in zip(single, fresh))
     assert moved > 1e-3, "the student did not train, the comparison would be vacuous"
     for s, m in zip(single, mirrored):

@@ -7,8 +7,8 @@ import tensorflow as tf
 from tbkeras.train.strategy import (enable_multi_worker_fit, get_strategy, is_chief,
                                     is_multi_worker, worker_task)
 from tests.train.tiny_model import TinyRegressor, make_dataset, make_model
+from tests.strategies import two_cpu_strategy
 
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
 
 
 def _train(strategy, steps=5):
@@ -20,7 +20,7 @@ def _train(strategy, steps=5):
 def test_mirrored_over_two_cpus_matches_one_device():
     """Loss / num_replicas_in_sync once + Keras' gradient sum == the single-device mean gradient."""
     single = _train(tf.distribute.get_strategy())
-    mirrored = _train(tf.distribute.MirroredStrategy(TWO_CPUS))
+    mirrored = _train(two_cpu_strategy())
     assert np.abs(single[0]).max() > 0.1  # it really trained
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -39,7 +39,7 @@ class NotDividing(TinyRegressor):
 
 
 def test_the_comparison_detects_a_missing_division():
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = two_cpu_strategy()
     with strategy.scope():
         model = NotDividing()
         model.build()
@@ -70,7 +70,7 @@ def test_malformed_tf_config_is_named(monkeypatch):
 
 
 def test_single_process_is_chief_and_the_workaround_is_a_no_op():
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = two_cpu_strategy()
     assert not is_multi_worker(strategy)
     assert is_chief(strategy) and worker_task(strategy) == ("chief", 0)
     model = make_model(strategy)
