@@ -13,7 +13,6 @@ each with 1 and 2 processes (1 = in this process, OpenCV limited to one thread).
 includes starting its pool (~0.5 s). Repeats are interleaved, the best of each is kept. Writes
 benchmarks/results/build_tfrecords.json and the "TFRecord conversion" section of BENCHMARKS.md.
 """
-import json
 import multiprocessing
 import os
 import platform

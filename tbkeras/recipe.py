@@ -281,8 +281,9 @@ class Recipe:
                              "(--synthetic_dir), which this configuration does not have")
         marker = StageDir(stage_dir(self.config, "prepare_data"))
         identity = {"prepare": dataclasses.asdict(prep)}
-        if is_done(marker.path, identity):
-            return marker.read_done()["metrics"]
+        done = _finished(marker.path, identity)
+        if done is not None:
+            return done
         video_root = os.path.join(prep.root, "synthetic")
         synthetic.generate_dataset(prep.synthetic, video_root, workers=prep.workers)
         counts = {}
@@ -307,11 +308,11 @@ class Recipe:
         identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
                     "ssl": {k: v for k, v in dataclasses.asdict(ssl).items() if k != "train"}, **extra}
         path = stage_dir(self.config, stage)
-        encoder_files = [os.path.join(path, checkpoints.BACKBONE_WEIGHTS), os.path.join(path, checkpoints.HEAD_WEIGHTS)]
-        if is_done(path, stage_identity(train, identity)) and all(map(tf.io.gfile.exists, encoder_files)):
-            return StageDir(path).read_done()["metrics"]
+        done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)
+        if done is not None:
+            return done
         with self.strategy.scope():
-            model = model_cls(self._backbone(f"{stage}_backbone"), self._head(), **extra_kwargs(model_cls, ssl))
+            model = model_cls(self._backbone(f"{stage}_backbone"), self._head(), **_pretrainer_kwargs(model_cls, ssl))
         dataset = self._distributed(pipelines.ssl_dataset, pipelines.SSLConfig(
             source=self._source(self.config.data.train_split), batch_size=ssl.batch_size,
             num_clips=ssl.num_clips, clip_length=ssl.clip_length, views=views, pixels=self._pixels(),
@@ -336,8 +337,9 @@ class Recipe:
         marker = StageDir(path)
         identity = {"pretrain_invariant": self._done_config("pretrain_invariant"),
                     "pretrain_distinctive": self._done_config("pretrain_distinctive")}
-        if is_done(path, identity):
-            return marker.read_done()["metrics"]
+        done = _finished(path, identity, SCORES_FILE)
+        if done is not None:
+            return done
         encoders = {}
         for kind in TEACHER_KINDS:
             backbone, head = self._backbone(f"{kind}_backbone"), self._head()
@@ -358,8 +360,9 @@ class Recipe:
                         pretrain_dir: str | None) -> dict[str, Any]:
         """Labeled cross-entropy training of backbone + classifier (teachers, baseline)."""
         train = self._train(settings.train)
-        if is_done(path, stage_identity(train, identity)):
-            return StageDir(path).read_done()["metrics"]
+        done = _finished(path, stage_identity(train, identity))
+        if done is not None:
+            return done
         num_classes = len(self._class_names())
         with self.strategy.scope():
             model = self._classifier(num_classes, name="classifier_model")
@@ -403,8 +406,9 @@ class Recipe:
             upstream["pretrain_ssl"] = self._done_config("pretrain_ssl")
         identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
                     "student": {k: v for k, v in dataclasses.asdict(st).items() if k != "train"}, **upstream}
-        if is_done(path, stage_identity(train, identity)):
-            return StageDir(path).read_done()["metrics"]
+        done = _finished(path, stage_identity(train, identity), checkpoints.CLASSIFIER_WEIGHTS)
+        if done is not None:
+            return done
         num_classes = len(self._class_names())
         with self.strategy.scope():
             student = self._classifier(num_classes, name="student")
@@ -473,8 +477,9 @@ class Recipe:
         marker = StageDir(path)
         export_dir = os.path.join(path, "student")
         identity = {"student": self._done_config("student"), "data": dataclasses.asdict(self.config.data)}
-        if is_done(path, identity) and tf.io.gfile.exists(export_dir):
-            return marker.read_done()["metrics"]
+        done = _finished(path, identity, "student")
+        if done is not None:
+            return done
         class_names = self._class_names()
         student = self._classifier(len(class_names), name="student")
         checkpoints.load_weights_verified(
@@ -488,7 +493,21 @@ class Recipe:
         return metrics
 
 
-def extra_kwargs(model_cls: Callable, ssl: SSLSettings) -> dict[str, Any]:
+def _finished(path: str, identity: dict, *outputs: str) -> dict[str, Any] | None:
+    """The metrics of a stage that is DONE with `identity` and has all its `outputs`, else None.
+
+    A stage is killed between writing DONE and a file saved after it only rarely, but then the
+    stage runs again: `fit_stage` sees its DONE, loads the final weights instead of training, and
+    the missing file is written from them.
+    """
+    if not is_done(path, identity):
+        return None
+    if not all(tf.io.gfile.exists(os.path.join(path, name)) for name in outputs):
+        return None
+    return StageDir(path).read_done()["metrics"]
+
+
+def _pretrainer_kwargs(model_cls: Callable, ssl: SSLSettings) -> dict[str, Any]:
     """Constructor settings of a pretrainer class: the TCLR weights only for the full objective."""
     if model_cls is SSLPretrainer:
         return {"config": ssl.contrastive, "weights": ssl.tclr_weights}

@@ -10,8 +10,8 @@ from tbkeras.data import pipelines, sampling, tfrecord
 from tbkeras.data.pipelines import (EvalConfig, PixelFormat, ReadOptions, SSLConfig, StudentConfig,
                                     SupervisedConfig, TSTRConfig, VideoSource)
 from tests.data.shard_fixtures import (FakeVideo, column_x, frame_indices, write_ids_file, write_scores,
-from tests.strategies import two_cpu_strategy
                                        write_split)
+from tests.strategies import two_cpu_strategy
 
 H, W, S = 32, 40, 16
 FRAME_COUNTS = [70, 40, 20, 9, 5, 64, 33, 12, 50]

@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 from tbkeras.losses import (
-from tests.strategies import two_cpu_strategy
     global_local_loss,
     temporal_distinctiveness_loss,
     temporal_invariance_loss,
 )
+from tests.strategies import two_cpu_strategy
 
 TOLERANCE = 1e-5
 
