@@ -5,6 +5,13 @@
 - `SpatialAveragePooling3D`: `[B, T, H, W, C] -> [B, T, C]`, computed in float32.
 - `conv3d_bn`: PyTorch-style convolution (explicit symmetric zero padding + 'valid' conv, no bias)
   followed by BatchNorm with PyTorch's epsilon / momentum, optionally ReLU.
+- `SubsampledConv3D`: a strided Conv3D computed as a stride-1 convolution and a subsampling.
+
+Why subsample: TensorFlow's CPU kernels for the *gradient* of a strided Conv3D are pathologically
+slow. Measured on the 2-core CI machine (`benchmarks/bench_strided_conv.py`), fwd+bwd of R3D-18's
+3x7x7 stem at stride (1,2,2) took 16.0 s against 1.1 s at stride 1, and a 3x3x3 stride-2 conv
+1.46 s against 0.23 s. A stride-1 conv followed by `y[:, ::st, ::sh, ::sw]` gives the same outputs
+and the same weights, so backbones use it on machines without a GPU or TPU (`strided_conv="auto"`).
 """
 from __future__ import annotations
 
@@ -23,6 +30,45 @@ def conv_initializer() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
 
 
+def use_subsampled_strides(strided_conv: str) -> bool:
+    """Resolve a backbone's `strided_conv` choice: "native", "subsample", or "auto" (subsample
+    when TensorFlow sees no GPU or TPU, where the native strided gradient is the slow one)."""
+    if strided_conv not in STRIDED_CONV_CHOICES:
+        raise ValueError(f"strided_conv must be one of {STRIDED_CONV_CHOICES}, got {strided_conv!r}")
+    if strided_conv == "auto":
+        import tensorflow as tf
+
+        return not (tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    return strided_conv == "subsample"
+
+
+STRIDED_CONV_CHOICES = ("auto", "native", "subsample")
+
+
+def _subsample(x, strides):
+    return x[:, :: strides[0], :: strides[1], :: strides[2], :]
+
+
+@keras.saving.register_keras_serializable(package="tbkeras")
+class SubsampledConv3D(keras.layers.Conv3D):
+    """A bias-free, 'valid', activation-free Conv3D whose stride is applied by subsampling.
+
+    Same weights and outputs as `keras.layers.Conv3D` with the same arguments; see the module
+    docstring for why. A 1x1x1 kernel subsamples its input first (no wasted work).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_bias or self.padding != "valid" or self.activation is not keras.activations.linear:
+            raise ValueError(f"{self.name}: SubsampledConv3D supports use_bias=False, padding='valid', no activation")
+
+    def call(self, inputs):
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        if all(k == 1 for k in self.kernel_size):
+            return ops.conv(_subsample(inputs, self.strides), kernel, strides=1, padding="valid")
+        return _subsample(ops.conv(inputs, kernel, strides=1, padding="valid"), self.strides)
+
+
 def conv3d_bn(
     x,
     filters: int,
@@ -33,22 +79,26 @@ def conv3d_bn(
     bn_name: str,
     relu: bool,
     temporal_dilation: int = 1,
+    subsample: bool = False,
 ):
     """Conv3D (no bias, PyTorch padding `k // 2` on each side) -> BatchNorm -> optional ReLU.
 
     With `temporal_dilation > 1` the temporal padding is `dilation * (k_t // 2)`, as in TCLR's
     `padding=(2, 1, 1), dilation=(2, 1, 1)`, so the temporal length only changes by the stride.
+    `subsample=True` computes a strided conv as stride 1 + subsampling (`SubsampledConv3D`).
     """
     kernel_size, strides = tuple(kernel_size), tuple(strides)
     if temporal_dilation > 1:
         x = TemporallyDilatedConv3D(
-            filters, kernel_size, strides, temporal_dilation=temporal_dilation, name=conv_name
+            filters, kernel_size, strides, temporal_dilation=temporal_dilation, subsample=subsample,
+            name=conv_name,
         )(x)
     else:
         padding = tuple((k // 2, k // 2) for k in kernel_size)
         if any(p for p, _ in padding):
             x = keras.layers.ZeroPadding3D(padding, name=f"{conv_name}_pad")(x)
-        x = keras.layers.Conv3D(
+        conv = SubsampledConv3D if subsample and any(st > 1 for st in strides) else keras.layers.Conv3D
+        x = conv(
             filters, kernel_size, strides=strides, padding="valid", use_bias=False,
             kernel_initializer=conv_initializer(), name=conv_name,
         )(x)
@@ -77,8 +127,10 @@ class TemporallyDilatedConv3D(keras.layers.Layer):
         temporal_dilation: d >= 1.
     """
 
-    def __init__(self, filters: int, kernel_size, strides=(1, 1, 1), *, temporal_dilation: int = 2, **kwargs):
+    def __init__(self, filters: int, kernel_size, strides=(1, 1, 1), *, temporal_dilation: int = 2,
+                 subsample: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.subsample = bool(subsample)
         self.filters = int(filters)
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.strides = tuple(int(s) for s in strides)
@@ -109,7 +161,11 @@ class TemporallyDilatedConv3D(keras.layers.Layer):
         x = ops.transpose(x, (0, 2, 1, 3, 4, 5))  # [B, d, T/d, H, W, C]
         x = ops.reshape(x, (batch * d, phase_len, shape[2], shape[3], channels))
         x = ops.pad(x, [(0, 0), (kt // 2, kt // 2), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
-        y = ops.conv(x, ops.cast(self.kernel, x.dtype), strides=self.strides, padding="valid")
+        kernel = ops.cast(self.kernel, x.dtype)
+        if self.subsample:
+            y = _subsample(ops.conv(x, kernel, strides=1, padding="valid"), self.strides)
+        else:
+            y = ops.conv(x, kernel, strides=self.strides, padding="valid")
         out_shape = ops.shape(y)
         y = ops.reshape(y, (batch, d, phase_len, out_shape[2], out_shape[3], self.filters))
         y = ops.transpose(y, (0, 2, 1, 3, 4, 5))  # [B, T/d, d, H', W', C_out]
@@ -131,6 +187,7 @@ class TemporallyDilatedConv3D(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "strides": self.strides,
             "temporal_dilation": self.temporal_dilation,
+            "subsample": self.subsample,
         }
 
 

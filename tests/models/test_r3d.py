@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.models.model_checks import numpy_conv3d, run_model_checks
 from tbkeras.models import r3d18, r3d50
-from tbkeras.models.r3d_layers import TemporallyDilatedConv3D
+from tbkeras.models.r3d_layers import SubsampledConv3D, TemporallyDilatedConv3D, use_subsampled_strides
 
 
 def _trainable_params(model) -> int:
@@ -78,3 +79,33 @@ def test_bad_arguments_are_named():
         r3d18(width_multiplier=0)
     with pytest.raises(ValueError, match="strides"):
         TemporallyDilatedConv3D(4, (3, 3, 3), (2, 2, 2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda mode: r3d18(width_multiplier=0.125, strided_conv=mode),
+    lambda mode: r3d50(width_multiplier=0.0625, strided_conv=mode),
+], ids=["r3d18", "r3d50"])
+def test_subsampled_strides_give_the_native_outputs_and_gradients(make):
+    native, subsampled = make("native"), make("subsample")
+    subsampled.set_weights(native.get_weights())
+    x = tf.random.stateless_uniform([2, 8, 33, 31, 3], seed=[1, 2])
+    results = []
+    for model in (native, subsampled):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_sum(out["temporal"] ** 2)
+        results.append((out, tape.gradient(loss, model.trainable_variables)))
+    (out_n, grads_n), (out_s, grads_s) = results
+    for key in ("pooled", "temporal"):
+        np.testing.assert_allclose(out_s[key].numpy(), out_n[key].numpy(), rtol=1e-4, atol=1e-5)
+    for g_n, g_s in zip(grads_n, grads_s):
+        # float32 sums in another order: compare at the scale of each gradient (BN makes them ~1e4)
+        np.testing.assert_allclose(g_s.numpy(), g_n.numpy(), rtol=1e-3, atol=1e-4 * np.abs(g_n.numpy()).max())
+    assert any(isinstance(layer, SubsampledConv3D) for layer in subsampled.layers)
+    assert not any(isinstance(layer, SubsampledConv3D) for layer in native.layers)
+
+
+def test_strided_conv_choice_is_checked_and_auto_subsamples_on_cpu():
+    with pytest.raises(ValueError, match="strided_conv must be one of"):
+        r3d18(width_multiplier=0.125, strided_conv="fast")
+    assert use_subsampled_strides("auto") is True  # no GPU/TPU on the test machines
