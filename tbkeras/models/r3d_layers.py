@@ -11,7 +11,8 @@ Why subsample: TensorFlow's CPU kernels for the *gradient* of a strided Conv3D a
 slow. Measured on the 2-core CI machine (`benchmarks/bench_strided_conv.py`), fwd+bwd of R3D-18's
 3x7x7 stem at stride (1,2,2) took 16.0 s against 1.1 s at stride 1, and a 3x3x3 stride-2 conv
 1.46 s against 0.23 s. A stride-1 conv followed by `y[:, ::st, ::sh, ::sw]` gives the same outputs
-and the same weights, so backbones use it on machines without a GPU or TPU (`strided_conv="auto"`).
+and the same weights, so backbones use it in training on machines without a GPU or TPU
+(`strided_conv="auto"`); inference keeps the native strided conv, which is faster forward.
 """
 from __future__ import annotations
 
@@ -51,10 +52,12 @@ def _subsample(x, strides):
 
 @keras.saving.register_keras_serializable(package="tbkeras")
 class SubsampledConv3D(keras.layers.Conv3D):
-    """A bias-free, 'valid', activation-free Conv3D whose stride is applied by subsampling.
+    """A bias-free, 'valid', activation-free Conv3D whose stride is applied by subsampling when
+    training.
 
     Same weights and outputs as `keras.layers.Conv3D` with the same arguments; see the module
-    docstring for why. A 1x1x1 kernel subsamples its input first (no wasted work).
+    docstring for why. Only the gradient is slow natively: in inference (`training` falsy) the
+    native strided conv runs, which is 4-5x faster forward than stride 1 + subsampling.
     """
 
     def __init__(self, *args, **kwargs):
@@ -62,10 +65,10 @@ class SubsampledConv3D(keras.layers.Conv3D):
         if self.use_bias or self.padding != "valid" or self.activation is not keras.activations.linear:
             raise ValueError(f"{self.name}: SubsampledConv3D supports use_bias=False, padding='valid', no activation")
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        if not training:
+            return super().call(inputs)
         kernel = ops.cast(self.kernel, inputs.dtype)
-        if all(k == 1 for k in self.kernel_size):
-            return ops.conv(_subsample(inputs, self.strides), kernel, strides=1, padding="valid")
         return _subsample(ops.conv(inputs, kernel, strides=1, padding="valid"), self.strides)
 
 
@@ -97,7 +100,9 @@ def conv3d_bn(
         padding = tuple((k // 2, k // 2) for k in kernel_size)
         if any(p for p, _ in padding):
             x = keras.layers.ZeroPadding3D(padding, name=f"{conv_name}_pad")(x)
-        conv = SubsampledConv3D if subsample and any(st > 1 for st in strides) else keras.layers.Conv3D
+        # A strided 1x1x1 conv's gradient is fast natively (benchmarks/bench_strided_conv.py).
+        strided = any(st > 1 for st in strides) and any(k > 1 for k in kernel_size)
+        conv = SubsampledConv3D if subsample and strided else keras.layers.Conv3D
         x = conv(
             filters, kernel_size, strides=strides, padding="valid", use_bias=False,
             kernel_initializer=conv_initializer(), name=conv_name,
@@ -149,7 +154,7 @@ class TemporallyDilatedConv3D(keras.layers.Layer):
             initializer=conv_initializer(),
         )
 
-    def call(self, x):
+    def call(self, x, training=None):
         d = self.temporal_dilation
         kt, kh, kw = self.kernel_size
         shape = ops.shape(x)
@@ -162,7 +167,7 @@ class TemporallyDilatedConv3D(keras.layers.Layer):
         x = ops.reshape(x, (batch * d, phase_len, shape[2], shape[3], channels))
         x = ops.pad(x, [(0, 0), (kt // 2, kt // 2), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
         kernel = ops.cast(self.kernel, x.dtype)
-        if self.subsample:
+        if self.subsample and training:
             y = _subsample(ops.conv(x, kernel, strides=1, padding="valid"), self.strides)
         else:
             y = ops.conv(x, kernel, strides=self.strides, padding="valid")
