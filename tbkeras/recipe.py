@@ -2,7 +2,7 @@
 
 Each stage reads what earlier stages left in `model_dir/<stage>/` and leaves its own outputs
 there, ending with a `DONE` marker that records the settings it ran with (its own and those of
-the stages it read). `run_stage` skips a stage whose marker matches, so `run("all")` on a finished
+the stages it read). `Recipe.run` skips a stage whose marker matches, so `run("all")` on a finished
 `model_dir` reruns nothing, and a changed setting reruns exactly the stages it affects.
 
     prepare_data          (demo only) synthetic videos -> shards -> labeled split
@@ -218,9 +218,6 @@ class Recipe:
             raise FileNotFoundError(
                 f"stage {stage!r} has not finished in {stage_path}: run --stage={stage} first (or --stage=all)")
         return marker.read_done()["config"]
-
-    def _data_dir(self) -> str:
-        return self.config.data.tfrecord_dir
 
     def _class_names(self) -> list[str]:
         """Class names from the train manifest, checked against the configured class count."""
