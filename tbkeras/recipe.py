@@ -219,6 +219,10 @@ class Recipe:
                 f"stage {stage!r} has not finished in {stage_path}: run --stage={stage} first (or --stage=all)")
         return marker.read_done()["config"]
 
+    def _identity(self, **parts: Any) -> dict[str, Any]:
+        """What defines a training stage besides its TrainConfig: the data, the model and `parts`."""
+        return {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model), **parts}
+
     def _class_names(self) -> list[str]:
         """Class names from the train manifest, checked against the configured class count."""
         data = self.config.data
@@ -302,8 +306,7 @@ class Recipe:
     def _pretrain(self, stage: str, model_cls: Callable, extra: dict, views: int = 2) -> dict[str, Any]:
         ssl = self.config.ssl
         train = self._train(ssl.train)
-        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
-                    "ssl": {k: v for k, v in dataclasses.asdict(ssl).items() if k != "train"}, **extra}
+        identity = self._identity(ssl=_without_train(ssl), **extra)
         path = stage_dir(self.config, stage)
         done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)
         if done is not None:
@@ -374,15 +377,14 @@ class Recipe:
         metrics = {}
         for kind in TEACHER_KINDS:
             pretrain = f"pretrain_{kind}"
-            identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
-                        "finetune": dataclasses.asdict(self.config.finetune), pretrain: self._done_config(pretrain)}
+            identity = self._identity(finetune=dataclasses.asdict(self.config.finetune),
+                                      **{pretrain: self._done_config(pretrain)})
             metrics[kind] = self._fit_classifier(os.path.join(stage_dir(self.config, "finetune_teachers"), kind),
                                                  identity, self.config.finetune, stage_dir(self.config, pretrain))
         return metrics
 
     def _supervised(self) -> dict[str, Any]:
-        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
-                    "finetune": dataclasses.asdict(self.config.finetune), "init": "random"}
+        identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init="random")
         return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune, None)
 
     def _teacher(self, kind: str, num_classes: int) -> ClassifierModel:
@@ -401,8 +403,7 @@ class Recipe:
             upstream["tstr"] = self._done_config("tstr")
         if st.init == "ssl":
             upstream["pretrain_ssl"] = self._done_config("pretrain_ssl")
-        identity = {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model),
-                    "student": {k: v for k, v in dataclasses.asdict(st).items() if k != "train"}, **upstream}
+        identity = self._identity(student=_without_train(st), **upstream)
         done = _finished(path, stage_identity(train, identity), checkpoints.CLASSIFIER_WEIGHTS)
         if done is not None:
             return done
@@ -502,6 +503,11 @@ def _finished(path: str, identity: dict, *outputs: str) -> dict[str, Any] | None
     if not all(tf.io.gfile.exists(os.path.join(path, name)) for name in outputs):
         return None
     return StageDir(path).read_done()["metrics"]
+
+
+def _without_train(settings: Any) -> dict[str, Any]:
+    """A stage's settings minus its TrainConfig, which `stage_identity` records on its own."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if k != "train"}
 
 
 def _pretrainer_kwargs(model_cls: Callable, ssl: SSLSettings) -> dict[str, Any]:
