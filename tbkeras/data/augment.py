@@ -20,8 +20,10 @@ after the colour ops, not after each; see `color_augment`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 Range = tuple[float, float]
@@ -133,22 +135,16 @@ def eval_crop_boxes(frame_h, frame_w, num_crops: int) -> tf.Tensor:
                      tf.zeros([num_crops], tf.int32)], axis=-1)
 
 
-def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+def _resize_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
     """Crop clip c's frames with box c and resize them to `size` (bilinear, half-pixel centres).
 
     Each clip is sliced once and resized as a batch of frames, a loop over the (static) number of
     clips; ~40% cheaper than `tf.image.crop_and_resize`, which samples every pixel separately.
-
-    Args:
-      frames: uint8 `[N, H, W, 3]` (decoded frames, 0..255).
-      frame_ids: int `[C, T]` with static C, the frames (rows of `frames`) of each clip.
-      boxes: int32 `[C, 5]`, one box per clip (see above).
-    Returns:
-      float32 `[C, T, size, size, 3]` in [0, 1].
+    Returns float32 `[C, T, size, size, 3]` still in 0..255 (the scaling is fused into `_finisher`).
     """
     num_clips = frame_ids.shape[0]
     if num_clips is None:
-        raise ValueError("crop_clips needs a static number of clips (frame_ids.shape[0])")
+        raise ValueError("cropping needs a static number of clips (frame_ids.shape[0])")
     clips = []
     for c in range(num_clips):
         top, left, height, width, flip = tf.unstack(boxes[c])
@@ -156,33 +152,33 @@ def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: 
         # Mirror the uint8 region: 4x fewer bytes than the float output.
         region = tf.cond(flip > 0, lambda: tf.reverse(region, axis=[2]), lambda: region)
         clips.append(tf.image.resize(region, [size, size]))
-    return tf.stack(clips) * (1.0 / 255.0)
+    return tf.stack(clips)
+
+
+def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tf.Tensor:
+    """Cut clips with given boxes, without augmentation (evaluation views, centre crops).
+
+    Args:
+      frames: uint8 `[N, H, W, 3]` (decoded frames, 0..255).
+      frame_ids: int `[C, T]` with static C, the frames (rows of `frames`) of each clip.
+      boxes: int32 `[C, 5]`, one box per clip (see above).
+      mean, std: optional normalisation (both or neither).
+    Returns:
+      float32 `[C, T, size, size, 3]` in [0, 1], or normalised.
+    """
+    return _finish(_resize_clips(frames, frame_ids, boxes, size), tf.zeros([2], tf.int64), None, mean, std)
 
 
 # --------------------------------------------------------------------------- colour and erasing
 
-def _per_clip(values: tf.Tensor) -> tf.Tensor:
-    """`[C]` -> `[C, 1, 1, 1, 1]`, to broadcast over `[C, T, S, S, 3]`."""
-    return tf.reshape(values, [-1, 1, 1, 1, 1])
-
-
-def _draw(seed, num_clips, value_range: Range, prob: float, identity: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per clip: whether the op applies (`[C]` bool) and its factor (`[C]`, `identity` if not)."""
-    s = tf.random.experimental.stateless_split(seed, 2)
-    applies = tf.random.stateless_uniform([num_clips], s[0]) < prob
-    value = tf.random.stateless_uniform([num_clips], s[1], *value_range)
-    return applies, tf.where(applies, value, identity)
-
-
-def _on_clips(applies: tf.Tensor, op, x: tf.Tensor, *params: tf.Tensor) -> tf.Tensor:
-    """Apply `op(clips, *params)` only to the clips where `applies` (gather, op, scatter back),
-    and skip the work entirely when no clip drew the op."""
-    def run():
-        idx = tf.where(applies)[:, 0]
-        out = op(tf.gather(x, idx), *(tf.gather(p, idx) for p in params))
-        return tf.tensor_scatter_nd_update(x, idx[:, None], out)
-
-    return tf.cond(tf.reduce_any(applies), run, lambda: x)
+def _draw(u_apply: tf.Tensor, u_value: tf.Tensor, value_range: Range, prob: float, identity: float
+          ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per clip, from two uniforms: whether the op applies (`[C]` bool) and its factor (`[C]`,
+    `identity` where it does not)."""
+    applies = u_apply < prob
+    lo, hi = value_range
+    return applies, tf.where(applies, lo + (hi - lo) * u_value, identity)
 
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's grayscale
@@ -193,12 +189,12 @@ def _hue_matrices(delta: tf.Tensor) -> tf.Tensor:
     """`[C, 3, 3]`: rotate hue by `delta` turns as a rotation of the chroma plane in YIQ space
     (NVIDIA DALI's hue op). It approximates torchvision's HSV hue shift (same direction and range,
     luma kept exactly) and, being linear, folds into one matrix with the other colour ops."""
-    to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
     theta = -2.0 * 3.141592653589793 * delta  # sign chosen to match HSV's direction
     cos, sin = tf.cos(theta), tf.sin(theta)
     one, zero = tf.ones_like(cos), tf.zeros_like(cos)
     rotation = tf.reshape(tf.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], axis=-1), [-1, 3, 3])
-    return tf.einsum("ij,cjk,kl->cil", tf.linalg.inv(to_yiq), rotation, to_yiq)
+    return tf.einsum("ij,cjk,kl->cil", tf.constant(np.linalg.inv(_RGB_TO_YIQ), tf.float32), rotation,
+                     tf.constant(_RGB_TO_YIQ, tf.float32))
 
 
 def _blend_with_gray(weight: tf.Tensor) -> tf.Tensor:
@@ -208,16 +204,33 @@ def _blend_with_gray(weight: tf.Tensor) -> tf.Tensor:
     return weight[:, None, None] * eye + (1.0 - weight)[:, None, None] * to_gray
 
 
-def _apply_matrices(x: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """`out[c] = matrices[c] @ rgb` for every pixel of clip c: `[C, T, S, S, 3]`, `[C, 3, 3]`.
+# The per-clip random numbers are drawn as one `[C, K]` uniform tensor by one op outside XLA
+# (stateless RNG ops take ~0.4 s each to compile) and turned into parameters inside it.
+_COLOR_DRAWS = 12
+_ERASE_DRAWS = 5  # per erase chance
 
-    A 1x1 convolution per clip when C is static (oneDNN makes it ~1.6x faster than the batched
-    matmul an einsum becomes with an inner dimension of 3).
-    """
-    if x.shape[0] is None:
-        return tf.einsum("ctyxi,cji->ctyxj", x, matrices)
-    return tf.stack([tf.nn.conv2d(x[c], tf.transpose(matrices[c])[None, None], 1, "VALID")
-                     for c in range(x.shape[0])])
+
+def _uniforms(seed: tf.Tensor, num_clips: int, count: int) -> tf.Tensor:
+    return tf.random.stateless_uniform([num_clips, count], seed)
+
+
+def _color_params(u: tf.Tensor, config: AugmentConfig):
+    """From uniforms `u` `[C, _COLOR_DRAWS]`, per clip: the affine colour map (`[C, 3, 3]` matrix,
+    contrast factor `[C]`) and the gamma (`[C]` exponent, `[C]` bool whether it applies)."""
+    _, contrast = _draw(u[:, 0], u[:, 1], config.contrast, config.contrast_prob, 1.0)
+    _, hue = _draw(u[:, 2], u[:, 3], config.hue, config.hue_prob, 0.0)
+    _, saturation = _draw(u[:, 4], u[:, 5], config.saturation, config.saturation_prob, 1.0)
+    _, brightness = _draw(u[:, 6], u[:, 7], config.brightness, config.brightness_prob, 1.0)
+    to_gray = u[:, 8] < config.grayscale_prob
+    drop = (u[:, 8] >= config.grayscale_prob) & (u[:, 8] < config.grayscale_prob + config.channel_drop_prob)
+    channel = tf.minimum(tf.cast(u[:, 9] * 3.0, tf.int32), 2)
+    gamma_applies, gamma = _draw(u[:, 10], u[:, 11], config.gamma, config.gamma_prob, 1.0)
+    # Column-vector convention: out = M x, M = drop . gray . brightness . saturation . hue.
+    matrix = tf.matmul(_blend_with_gray(saturation), _hue_matrices(hue))
+    matrix = brightness[:, None, None] * matrix
+    matrix = tf.matmul(_blend_with_gray(tf.where(to_gray, 0.0, 1.0)), matrix)
+    keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
+    return keep[:, :, None] * matrix, contrast, gamma, to_gray & gamma_applies
 
 
 def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
@@ -225,76 +238,146 @@ def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> t
 
     In the official order: contrast (blend with the frame's mean gray), hue, saturation,
     brightness, grayscale or channel drop, each with its probability. All but the gamma are affine
-    in RGB, so they are composed into one 3x3 matrix per clip and a per-frame offset (contrast)
-    and applied in one pass, clamped to [0, 1] once at the end (torchvision clamps after every
-    op; the difference only shows where an intermediate leaves [0, 1]).
+    in RGB, so they are composed into one 3x3 matrix per clip and a per-frame offset (contrast),
+    applied as one elementwise expression and clamped to [0, 1] once at the end (torchvision clamps
+    after every op; the difference only shows where an intermediate leaves [0, 1]). Under XLA
+    (`augment_clips`) the whole function is one pass over the pixels.
 
-    `clips`: float `[C, T, S, S, 3]` in [0, 1]. Returns the same shape.
+    `clips`: float `[C, T, S, S, 3]` with static C, in [0, 1]. Returns the same shape, in [0, 1].
     """
-    n = tf.shape(clips)[0]
-    s = tf.random.experimental.stateless_split(seed, 8)
-    _, contrast = _draw(s[0], n, config.contrast, config.contrast_prob, 1.0)
-    _, hue = _draw(s[1], n, config.hue, config.hue_prob, 0.0)
-    _, saturation = _draw(s[2], n, config.saturation, config.saturation_prob, 1.0)
-    _, brightness = _draw(s[3], n, config.brightness, config.brightness_prob, 1.0)
-    u = tf.random.stateless_uniform([n], s[4])
-    to_gray = u < config.grayscale_prob
-    drop = (u >= config.grayscale_prob) & (u < config.grayscale_prob + config.channel_drop_prob)
-    channel = tf.random.stateless_uniform([n], s[5], 0, 3, dtype=tf.int32)
-    gamma_applies, gamma = _draw(s[6], n, config.gamma, config.gamma_prob, 1.0)
-
-    def affine(x):
-        # Column-vector convention: out = M x, M = drop . gray . brightness . saturation . hue.
-        matrix = tf.matmul(_blend_with_gray(saturation), _hue_matrices(hue))
-        matrix = brightness[:, None, None] * matrix
-        matrix = tf.matmul(_blend_with_gray(tf.where(to_gray, 0.0, 1.0)), matrix)
-        keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
-        matrix = keep[:, :, None] * matrix
-        # Contrast first: c * x + (1 - c) * mean_t, so out = c M x + (1 - c) mean_t M 1.
-        def contrast_offset():
-            frame_mean = tf.reduce_mean(tf.tensordot(x, tf.constant(_LUMA), 1), axis=[2, 3])  # [C, T]
-            return ((1.0 - contrast)[:, None, None] * frame_mean[:, :, None]
-                    * tf.reduce_sum(matrix, axis=2)[:, None, :])  # [C, T, 3]
-
-        offset = tf.cond(tf.reduce_any(contrast != 1.0), contrast_offset,
-                         lambda: tf.zeros([tf.shape(x)[0], tf.shape(x)[1], 3]))
-        out = _apply_matrices(x, contrast[:, None, None] * matrix)
-        return tf.clip_by_value(out + offset[:, :, None, None, :], 0.0, 1.0)
-
-    # About half the weak-preset clips draw no colour op at all: skip the pass for them.
-    drawn = (contrast != 1.0) | (hue != 0.0) | (saturation != 1.0) | (brightness != 1.0) | to_gray | drop
-    out = tf.cond(tf.reduce_any(drawn), lambda: affine(clips), lambda: clips)
-    return _on_clips(to_gray & gamma_applies, lambda x, g: tf.pow(x, _per_clip(g)), out, gamma)
+    return _color(clips, _uniforms(seed, _static_clips(clips), _COLOR_DRAWS), config)
 
 
-def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
-    """Zero one box per clip (same pixels in every frame), `erase_count` chances of `erase_prob`.
+def _static_clips(clips: tf.Tensor) -> int:
+    if clips.shape[0] is None:
+        raise ValueError("clip augmentation needs a static number of clips (shape[0])")
+    return clips.shape[0]
+
+
+def _color(clips: tf.Tensor, u: tf.Tensor, config: AugmentConfig, scale: float = 1.0,
+           gamma: bool = True) -> tf.Tensor:
+    """`color_augment` with its uniforms `u` `[C, _COLOR_DRAWS]` given, for `clips` in
+    [0, 1 / scale] (`scale` is folded into the colour matrix: 0..255 input costs nothing extra).
+    `gamma=False` skips the gamma, for callers that know no clip drew it (`_gamma_drawn`)."""
+    num_clips, frames, height, width, _ = clips.shape
+    matrix, contrast, gammas, gamma_applies = _color_params(u, config)
+    matrix = matrix * scale
+    # Contrast first: c * x + (1 - c) * mean_t, so out = c M x + (1 - c) mean_t M 1. The frame
+    # means are a matrix-vector product (one fast read), not a reduction over a colour map.
+    pixels = tf.reshape(clips, [num_clips * frames, height * width * 3])
+    luma = tf.tile(tf.constant(_LUMA) * (scale / (height * width)), [height * width])
+    frame_mean = tf.reshape(tf.linalg.matvec(pixels, luma), [num_clips, frames])
+    offset = (1.0 - contrast)[:, None, None] * frame_mean[:, :, None] * tf.reduce_sum(matrix, axis=2)[:, None, :]
+    out = tf.clip_by_value(_rgb_map(clips, contrast[:, None, None] * matrix) + offset[:, :, None, None, :], 0.0, 1.0)
+    if not gamma:
+        return out
+    # A pow per pixel is the costliest op here, hence `gamma=False` where no clip drew it.
+    return tf.where(gamma_applies[:, None, None, None, None], tf.pow(out, gammas[:, None, None, None, None]), out)
+
+
+def _gamma_drawn(u: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Whether any clip drew the gamma, from the same uniforms as `_color_params` (cheap, in TF)."""
+    if config.grayscale_prob <= 0 or config.gamma_prob <= 0:
+        return tf.constant(False)
+    return tf.reduce_any((u[:, 8] < config.grayscale_prob) & (u[:, 10] < config.gamma_prob))
+
+
+def _rgb_map(x: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """`out[c] = matrices[c] @ rgb` for every pixel of clip c: `[C, T, S, S, 3]` and `[C, K, 3]`
+    -> `[C, T, S, S, K]`, written as broadcast products (XLA fuses them into one loop; a dot with
+    an inner dimension of 3 would not be)."""
+    m = matrices[:, None, None, None]  # [C, 1, 1, 1, K, 3]
+    return x[..., 0:1] * m[..., 0] + x[..., 1:2] * m[..., 1] + x[..., 2:3] * m[..., 2]
+
+
+def _erase_mask(u: tf.Tensor, size: int, config: AugmentConfig) -> tf.Tensor:
+    """Float `[C, S, S]` from uniforms `u` `[C, _ERASE_DRAWS * erase_count]`: 0 inside each clip's
+    erased box (the same pixels in every frame), else 1; `erase_count` chances of `erase_prob`.
 
     The box's top-left corner is uniform over the crop and the box is clipped at its edges, as
     torchvision's `erase` in the official loader.
     """
-    n = tf.shape(clips)[0]
-    size = tf.shape(clips)[2]
-    size_f = tf.cast(size, tf.float32)
+    size_f = float(size)
     pos = tf.range(size, dtype=tf.float32)[None, :]  # [1, S]
-    erased = tf.zeros([n, size, size], tf.bool)
-    for s in tf.unstack(tf.random.experimental.stateless_split(seed, config.erase_count)):
-        k = tf.random.experimental.stateless_split(s, 5)
-        apply = tf.random.stateless_uniform([n], k[0]) < config.erase_prob
-        top = tf.floor(tf.random.stateless_uniform([n, 1], k[1]) * size_f)
-        left = tf.floor(tf.random.stateless_uniform([n, 1], k[2]) * size_f)
-        height = tf.round(tf.random.stateless_uniform([n, 1], k[3], *config.erase_height) * size_f)
-        width = tf.round(tf.random.stateless_uniform([n, 1], k[4], *config.erase_width) * size_f)
+    erased = None
+    for i in range(config.erase_count):
+        apply, top, left, height, width = tf.unstack(u[:, _ERASE_DRAWS * i:_ERASE_DRAWS * (i + 1)], axis=1)
+        (lo_h, hi_h), (lo_w, hi_w) = config.erase_height, config.erase_width
+        top = tf.floor(top * size_f)[:, None]
+        left = tf.floor(left * size_f)[:, None]
+        height = tf.round((lo_h + (hi_h - lo_h) * height) * size_f)[:, None]
+        width = tf.round((lo_w + (hi_w - lo_w) * width) * size_f)[:, None]
         rows = (pos >= top) & (pos < top + height)  # [C, S]
         cols = (pos >= left) & (pos < left + width)
-        erased |= rows[:, :, None] & cols[:, None, :] & apply[:, None, None]
-    keep = 1.0 - tf.cast(erased, clips.dtype)
-    # Most strong-preset clips are erased: one multiply beats gathering the erased ones.
-    return tf.cond(tf.reduce_any(erased), lambda: clips * keep[:, None, :, :, None], lambda: clips)
+        box = rows[:, :, None] & cols[:, None, :] & (apply < config.erase_prob)[:, None, None]
+        erased = box if erased is None else erased | box
+    return 1.0 - tf.cast(erased, tf.float32)
+
+
+def _erases(config: AugmentConfig | None) -> bool:
+    return config is not None and config.erase_prob > 0 and config.erase_count > 0
+
+
+def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Zero one box per clip in every frame, `erase_count` chances of `erase_prob` (`_erase_mask`):
+    `[C, T, S, S, 3]` with static C and S."""
+    u = _uniforms(seed, _static_clips(clips), _ERASE_DRAWS * config.erase_count)
+    return clips * _erase_mask(u, clips.shape[2], config)[:, None, :, :, None]
+
+
+def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
+
+
+def _num_draws(config: AugmentConfig | None) -> int:
+    """Uniforms per clip that `_finisher(config, ...)` consumes."""
+    if config is None:
+        return 1
+    return _COLOR_DRAWS + (_ERASE_DRAWS * config.erase_count if _erases(config) else 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+              gamma: bool = False):
+    """One XLA-compiled function per (augmentation, normalisation): (resized clips in 0..255,
+    uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale and normalise, which XLA
+    fuses into about one pass over the pixels.
+
+    Unfused, each of these is a separate memory-bound TensorFlow op over `[C, T, S, S, 3]` floats,
+    plus dozens of tiny ops building the parameters; see BENCHMARKS.md for what fusing saves.
+    Shapes are static (clips and crop size), so each pipeline compiles it once (~0.5 s).
+    """
+    if (mean is None) != (std is None):
+        raise ValueError(f"normalisation needs both mean and std, or neither (mean={mean}, std={std})")
+
+    @tf.function(jit_compile=True, autograph=False)
+    def finish(clips: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+        if config is None:
+            x = clips * (1.0 / 255.0)
+        else:
+            x = _color(clips, u[:, :_COLOR_DRAWS], config, scale=1.0 / 255.0, gamma=gamma)
+            if _erases(config):
+                x = x * _erase_mask(u[:, _COLOR_DRAWS:], clips.shape[2], config)[:, None, :, :, None]
+        return x if mean is None else normalize(x, mean, std)
+
+    return finish
+
+
+def _finish(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig | None,
+            mean: Sequence[float] | None, std: Sequence[float] | None) -> tf.Tensor:
+    u = _uniforms(seed, _static_clips(clips), _num_draws(config))
+    mean, std = _tuple(mean), _tuple(std)
+    if config is None:
+        return _finisher(None, mean, std)(clips, u)
+    # Two compiled variants, so the pow runs only in calls where some clip drew the gamma.
+    return tf.cond(_gamma_drawn(u, config),
+                   lambda: _finisher(config, mean, std, gamma=True)(clips, u),
+                   lambda: _finisher(config, mean, std, gamma=False)(clips, u))
 
 
 def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
-                  config: AugmentConfig | None, size: int) -> tf.Tensor:
+                  config: AugmentConfig | None, size: int, mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> tf.Tensor:
     """Cut C training clips out of decoded frames, each with its own augmentation.
 
     Args:
@@ -303,8 +386,9 @@ def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
       seed: int `[2]` stateless seed; same seed, same augmentation.
       config: the augmentation; None gives the deterministic centre crop of the short side.
       size: output crop size S.
+      mean, std: optional normalisation, `(x - mean) / std` per RGB channel (both or neither).
     Returns:
-      float32 `[C, T, S, S, 3]` in [0, 1].
+      float32 `[C, T, S, S, 3]` in [0, 1], or normalised.
     """
     num_clips = frame_ids.shape[0]
     if num_clips is None:
@@ -313,10 +397,7 @@ def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
     frame_w = tf.shape(frames)[2]
     if config is None:
         boxes = tf.tile(eval_crop_boxes(frame_h, frame_w, 1), [num_clips, 1])
-        return crop_clips(frames, frame_ids, boxes, size)
-    s = tf.random.experimental.stateless_split(seed, 3)
+        return crop_clips(frames, frame_ids, boxes, size, mean, std)
+    s = tf.random.experimental.stateless_split(seed, 2)
     boxes = random_crop_boxes(s[0], num_clips, frame_h, frame_w, config)
-    x = color_augment(crop_clips(frames, frame_ids, boxes, size), s[1], config)
-    if config.erase_prob > 0 and config.erase_count > 0:
-        x = random_erase(x, s[2], config)
-    return x
+    return _finish(_resize_clips(frames, frame_ids, boxes, size), s[1], config, mean, std)

@@ -72,6 +72,10 @@ class PixelFormat:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
+    def __post_init__(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"PixelFormat needs both mean and std, or neither (mean={self.mean}, std={self.std})")
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
@@ -352,23 +356,15 @@ def _decode(frames: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     return tfrecord.decode_frames(frames, unique), tf.reshape(rows, shape)
 
 
-def _pixels(x: tf.Tensor, pixels: PixelFormat) -> tf.Tensor:
-    if pixels.mean is None and pixels.std is None:
-        return x
-    if pixels.mean is None or pixels.std is None:
-        raise ValueError("PixelFormat needs both mean and std, or neither")
-    return augment.normalize(x, pixels.mean, pixels.std)
-
-
 def _one_clip(video, seed, clip_length: int, stride: int, aug: AugmentConfig | None,
               pixels: PixelFormat) -> tf.Tensor:
     """A training clip `[T, S, S, 3]`: random start, `stride` (1 if too short), augmented."""
     s = tf.random.experimental.stateless_split(seed, 2)
     indices = sampling.supervised_clip(tf.size(video["frames"]), s[0], clip_length=clip_length, stride=stride)
     decoded, rows = _decode(video["frames"], indices[None])
-    clip = augment.augment_clips(decoded, rows, s[1], aug, pixels.crop_size)[0]
+    clip = augment.augment_clips(decoded, rows, s[1], aug, pixels.crop_size, pixels.mean, pixels.std)[0]
     size = pixels.crop_size
-    return tf.ensure_shape(_pixels(clip, pixels), [clip_length, size, size, 3])
+    return tf.ensure_shape(clip, [clip_length, size, size, 3])
 
 
 def _clip_dataset(sel: _Selection, batch_size: int, clip_length: int, stride: int,
@@ -410,10 +406,11 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
         decoded, rows = _decode(video["frames"], tf.concat([local, global_[None]], axis=0))  # [n+1, L]
         seeds = tf.random.experimental.stateless_split(s[1], 2)
         # Local and global clips are cut separately, so no copy is needed to split them apart.
-        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, size)
-        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, size)
-        return {"local": tf.reshape(_pixels(local_clips, cfg.pixels), [views, n, length, size, size, 3]),
-                "global": tf.reshape(_pixels(global_clips, cfg.pixels), [views, length, size, size, 3]),
+        norm = (cfg.pixels.mean, cfg.pixels.std)
+        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, size, *norm)
+        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, size, *norm)
+        return {"local": tf.reshape(local_clips, [views, n, length, size, size, 3]),
+                "global": tf.reshape(global_clips, [views, length, size, size, 3]),
                 "video_id": video["video_id"]}
 
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=True, needs_label=False)
@@ -458,8 +455,9 @@ def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | No
         indices = sampling.evenly_spaced_clips(
             tf.size(video["frames"]), num_clips=n, clip_length=length, stride=cfg.stride)
         decoded, rows = _decode(video["frames"], indices)
-        clips = augment.augment_clips(decoded, rows, tf.zeros([2], tf.int64), None, size)
-        return {"clips": tf.ensure_shape(_pixels(clips, cfg.pixels), [n, length, size, size, 3]),
+        clips = augment.augment_clips(decoded, rows, tf.zeros([2], tf.int64), None, size,
+                                      cfg.pixels.mean, cfg.pixels.std)
+        return {"clips": tf.ensure_shape(clips, [n, length, size, size, 3]),
                 "video_id": video["video_id"]}
 
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=False)
@@ -479,8 +477,9 @@ def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | No
             tf.size(video["frames"]), num_clips=k, clip_length=length, stride=cfg.stride)
         decoded, rows = _decode(video["frames"], indices)
         boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c)
-        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), size)
-        return {"views": tf.ensure_shape(_pixels(views, cfg.pixels), [k * c, length, size, size, 3]),
+        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), size,
+                                   cfg.pixels.mean, cfg.pixels.std)
+        return {"views": tf.ensure_shape(views, [k * c, length, size, size, 3]),
                 "label": video["label"], "video_id": video["video_id"]}
 
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=True)
