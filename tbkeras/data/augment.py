@@ -135,12 +135,13 @@ def eval_crop_boxes(frame_h, frame_w, num_crops: int) -> tf.Tensor:
                      tf.zeros([num_crops], tf.int32)], axis=-1)
 
 
-def _resize_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+def _resize_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int) -> list[tf.Tensor]:
     """Crop clip c's frames with box c and resize them to `size` (bilinear, half-pixel centres).
 
     Each clip is sliced once and resized as a batch of frames, a loop over the (static) number of
     clips; ~40% cheaper than `tf.image.crop_and_resize`, which samples every pixel separately.
-    Returns float32 `[C, T, size, size, 3]` still in 0..255 (the scaling is fused into `_finisher`).
+    Returns C float32 `[T, size, size, 3]` tensors still in 0..255: `_finisher` stacks and scales
+    them inside its fused pass, which saves two copies of every output pixel.
     """
     num_clips = frame_ids.shape[0]
     if num_clips is None:
@@ -151,8 +152,9 @@ def _resize_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, siz
         region = tf.gather(frames, frame_ids[c])[:, top:top + height, left:left + width]
         # Mirror the uint8 region: 4x fewer bytes than the float output.
         region = tf.cond(flip > 0, lambda: tf.reverse(region, axis=[2]), lambda: region)
-        clips.append(tf.image.resize(region, [size, size]))
-    return tf.stack(clips)
+        # TF's bilinear kernel is ~15% faster on float input than on uint8 (cast included).
+        clips.append(tf.image.resize(tf.cast(region, tf.float32), [size, size]))
+    return clips
 
 
 def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int,
@@ -339,7 +341,7 @@ def _num_draws(config: AugmentConfig | None) -> int:
 @functools.lru_cache(maxsize=None)
 def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
               gamma: bool = False):
-    """One XLA-compiled function per (augmentation, normalisation): (resized clips in 0..255,
+    """One XLA-compiled function per (augmentation, normalisation): (the C resized clips in 0..255,
     uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale and normalise, which XLA
     fuses into about one pass over the pixels.
 
@@ -351,7 +353,8 @@ def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std:
         raise ValueError(f"normalisation needs both mean and std, or neither (mean={mean}, std={std})")
 
     @tf.function(jit_compile=True, autograph=False)
-    def finish(clips: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    def finish(clips: list[tf.Tensor], u: tf.Tensor) -> tf.Tensor:
+        clips = tf.stack(clips)
         if config is None:
             x = clips * (1.0 / 255.0)
         else:
@@ -363,9 +366,9 @@ def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std:
     return finish
 
 
-def _finish(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig | None,
+def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None,
             mean: Sequence[float] | None, std: Sequence[float] | None) -> tf.Tensor:
-    u = _uniforms(seed, _static_clips(clips), _num_draws(config))
+    u = _uniforms(seed, len(clips), _num_draws(config))
     mean, std = _tuple(mean), _tuple(std)
     if config is None:
         return _finisher(None, mean, std)(clips, u)
