@@ -157,19 +157,33 @@ def _resize_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, siz
     return clips
 
 
+def crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config: AugmentConfig | None) -> tf.Tensor:
+    """The boxes `augment_clips` cuts: a random resized crop per clip (`random_crop_boxes`), or
+    with no augmentation the centre crop of the short side. int32 `[num_clips, 5]`."""
+    if config is None:
+        return tf.tile(eval_crop_boxes(frame_h, frame_w, 1), [num_clips, 1])
+    return random_crop_boxes(seed, num_clips, frame_h, frame_w, config)
+
+
 def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tf.Tensor:
-    """Cut clips with given boxes, without augmentation (evaluation views, centre crops).
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               config: AugmentConfig | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Cut clips with the given boxes, then (with `config`) colour-augment and erase each.
 
     Args:
       frames: uint8 `[N, H, W, 3]` (decoded frames, 0..255).
       frame_ids: int `[C, T]` with static C, the frames (rows of `frames`) of each clip.
       boxes: int32 `[C, 5]`, one box per clip (see above).
       mean, std: optional normalisation (both or neither).
+      config, seed: the augmentation past the crop and its stateless seed (`[2]`); None for
+        evaluation views and centre crops.
     Returns:
       float32 `[C, T, size, size, 3]` in [0, 1], or normalised.
     """
-    return _finish(_resize_clips(frames, frame_ids, boxes, size), tf.zeros([2], tf.int64), None, mean, std)
+    if config is not None and seed is None:
+        raise ValueError("crop_clips with an augmentation config needs a seed")
+    seed = tf.zeros([2], tf.int64) if seed is None else seed
+    return _finish(_resize_clips(frames, frame_ids, boxes, size), seed, config, mean, std)
 
 
 # --------------------------------------------------------------------------- colour and erasing
@@ -396,11 +410,6 @@ def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
     num_clips = frame_ids.shape[0]
     if num_clips is None:
         raise ValueError("augment_clips needs a static number of clips (frame_ids.shape[0])")
-    frame_h = tf.shape(frames)[1]
-    frame_w = tf.shape(frames)[2]
-    if config is None:
-        boxes = tf.tile(eval_crop_boxes(frame_h, frame_w, 1), [num_clips, 1])
-        return crop_clips(frames, frame_ids, boxes, size, mean, std)
     s = tf.random.experimental.stateless_split(seed, 2)
-    boxes = random_crop_boxes(s[0], num_clips, frame_h, frame_w, config)
-    return _finish(_resize_clips(frames, frame_ids, boxes, size), s[1], config, mean, std)
+    boxes = crop_boxes(s[0], num_clips, tf.shape(frames)[1], tf.shape(frames)[2], config)
+    return crop_clips(frames, frame_ids, boxes, size, mean, std, config, s[1])

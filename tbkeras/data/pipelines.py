@@ -346,14 +346,35 @@ def _dataset(sel: _Selection, make: Callable[[dict, tf.Tensor], dict], batch_siz
 
 # --------------------------------------------------------------------------- per-video parsers
 
-def _decode(frames: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decode each distinct sampled frame once (loop-padding and overlapping clips repeat frames).
-
-    Returns decoded uint8 `[U, H, W, 3]` and, for each entry of `indices`, its row in them.
-    """
+def _unique_rows(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Distinct frame indices (each is decoded once: loop-padding and overlapping clips repeat
+    frames) and, for each entry of `indices`, its row among them (same static shape)."""
     unique, rows = tf.unique(tf.reshape(indices, [-1]))
     shape = indices.shape if indices.shape.is_fully_defined() else tf.shape(indices)  # keep it static
-    return tfrecord.decode_frames(frames, unique), tf.reshape(rows, shape)
+    return unique, tf.reshape(rows, shape)
+
+
+def _decode(frames: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decoded uint8 `[U, H, W, 3]` of the distinct frames of `indices`, and their rows."""
+    unique, rows = _unique_rows(indices)
+    return tfrecord.decode_frames(frames, unique), rows
+
+
+def _shared_crop_clips(frames: tf.Tensor, indices: tf.Tensor, seed: tf.Tensor, aug: AugmentConfig | None,
+                       pixels: PixelFormat) -> tf.Tensor:
+    """Clips `[C, T, S, S, 3]` of frames `indices` `[C, T]` that all share one crop box (a single
+    training clip, or centre crops): only the box of each frame is JPEG-decoded.
+
+    The same clips as `augment.augment_clips` on whole decoded frames, with the same seed.
+    """
+    s = tf.random.experimental.stateless_split(seed, 2)
+    unique, rows = _unique_rows(indices)
+    frame_hw = tf.io.extract_jpeg_shape(frames[unique[0]])[:2]  # a video's frames share one size
+    box = augment.crop_boxes(s[0], 1, frame_hw[0], frame_hw[1], aug)[0]
+    decoded = tfrecord.decode_frames(frames, unique, window=box[:4])
+    whole_window = tf.concat([tf.zeros([2], tf.int32), box[2:]], axis=0)  # the flip stays
+    boxes = tf.tile(whole_window[None], [indices.shape[0], 1])
+    return augment.crop_clips(decoded, rows, boxes, pixels.crop_size, pixels.mean, pixels.std, aug, s[1])
 
 
 def _one_clip(video, seed, clip_length: int, stride: int, aug: AugmentConfig | None,
@@ -361,8 +382,7 @@ def _one_clip(video, seed, clip_length: int, stride: int, aug: AugmentConfig | N
     """A training clip `[T, S, S, 3]`: random start, `stride` (1 if too short), augmented."""
     s = tf.random.experimental.stateless_split(seed, 2)
     indices = sampling.supervised_clip(tf.size(video["frames"]), s[0], clip_length=clip_length, stride=stride)
-    decoded, rows = _decode(video["frames"], indices[None])
-    clip = augment.augment_clips(decoded, rows, s[1], aug, pixels.crop_size, pixels.mean, pixels.std)[0]
+    clip = _shared_crop_clips(video["frames"], indices[None], s[1], aug, pixels)[0]
     size = pixels.crop_size
     return tf.ensure_shape(clip, [clip_length, size, size, 3])
 
@@ -450,13 +470,10 @@ def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | No
     n, length, size = cfg.num_clips, cfg.clip_length, cfg.pixels.crop_size
     sel = _select(cfg.source, cfg.read.check_shards)
 
-    def make(video, seed):
-        del seed
+    def make(video, seed):  # seed: zeros outside training, and unused with no augmentation
         indices = sampling.evenly_spaced_clips(
             tf.size(video["frames"]), num_clips=n, clip_length=length, stride=cfg.stride)
-        decoded, rows = _decode(video["frames"], indices)
-        clips = augment.augment_clips(decoded, rows, tf.zeros([2], tf.int64), None, size,
-                                      cfg.pixels.mean, cfg.pixels.std)
+        clips = _shared_crop_clips(video["frames"], indices, seed, None, cfg.pixels)
         return {"clips": tf.ensure_shape(clips, [n, length, size, size, 3]),
                 "video_id": video["video_id"]}
 

@@ -102,21 +102,23 @@ def parse_video(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return {**context, IMAGE_KEY: sequence[IMAGE_KEY]}
 
 
-def decode_frames(encoded: tf.Tensor, frame_indices: tf.Tensor) -> tf.Tensor:
-    """JPEG-decode only the frames at `frame_indices`.
+def decode_frames(encoded: tf.Tensor, frame_indices: tf.Tensor, window: tf.Tensor | None = None) -> tf.Tensor:
+    """JPEG-decode only the frames at `frame_indices`, and only `window` of each if given.
 
     Args:
       encoded: string `[num_frames]`, the `IMAGE_KEY` of `parse_video`.
       frame_indices: int `[T]`, indices into `encoded` (may repeat, e.g. loop-padding).
+      window: optional int32 `[4]`: top, left, height, width. Decoding just a crop skips most
+        of the work outside it (`tf.io.decode_and_crop_jpeg`).
     Returns:
-      uint8 `[T, H, W, 3]`, RGB.
+      uint8 `[T, H, W, 3]` (or `[T, height, width, 3]`), RGB.
     """
     picked = tf.gather(encoded, tf.cast(frame_indices, tf.int32))
-    return tf.map_fn(
-        lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3),
-        picked,
-        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-    )
+    if window is None:
+        decode = lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3)
+    else:
+        decode = lambda jpeg: tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
+    return tf.map_fn(decode, picked, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
 def shard_filename(split: str, index: int, num_shards: int) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tbkeras.data import pipelines, sampling, tfrecord
+from tbkeras.data import augment, pipelines, sampling, tfrecord
 from tbkeras.data.pipelines import (EvalConfig, PixelFormat, ReadOptions, SSLConfig, StudentConfig,
                                     SupervisedConfig, TSTRConfig, VideoSource)
 from tests.data.shard_fixtures import (FakeVideo, column_x, frame_indices, write_ids_file, write_scores,
@@ -250,3 +250,21 @@ def test_bad_selection_and_missing_manifest(data, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         pipelines.supervised_dataset(SupervisedConfig(VideoSource(str(tmp_path), split="test"),
                                                       batch_size=1, pixels=PIX))
+
+
+@pytest.mark.parametrize("aug,num_clips", [(augment.WEAK, 1), (augment.STRONG, 1), (None, 3)])
+def test_decoding_only_the_crop_box_gives_the_clips_of_whole_frames(aug, num_clips):
+    # Camera-like JPEGs (4:2:0 chroma, quality 90), so crop decoding meets real chroma upsampling.
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 86)[None, :, None]
+    frames = [np.clip(ramp + rng.normal(0, 20, (64, 86, 3)) + 8 * i, 0, 255).astype(np.uint8) for i in range(12)]
+    jpegs = tf.constant([tf.io.encode_jpeg(f, quality=90).numpy() for f in frames])
+    indices = tf.constant(np.arange(12).reshape(3, 4)[:num_clips], tf.int32)
+    whole = tfrecord.decode_frames(jpegs, tf.range(12))
+    for i in range(4):
+        seed = tf.constant([i, 7], tf.int64)
+        cropped = pipelines._shared_crop_clips(jpegs, indices, seed, aug, PIX).numpy()
+        expected = augment.augment_clips(whole, indices, seed, aug, S).numpy()
+        assert cropped.shape == expected.shape == (num_clips, 4, S, S, 3)
+        np.testing.assert_allclose(cropped, expected, atol=3 / 255)
+        assert np.abs(cropped - expected).mean() < 0.5 / 255
