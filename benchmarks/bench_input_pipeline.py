@@ -1,8 +1,8 @@
 """Clips per second of the tbkeras input pipelines against an official-style cv2 loader.
 
 One run, same videos, same cores, side by side:
-  1. writes N small XVID videos (171x128, 80-120 frames, UCF101's codec and the size of its
-     short-side-128 copies) and converts them to TFRecord shards with `tbkeras.data.converter`;
+  1. writes N small XVID videos (171x128, 80-120 frames by default, UCF101's codec and the size
+     of its short-side-128 copies) and converts them to TFRecord shards with `tbkeras.data.converter`;
   2. student pipeline (labeled + unlabeled clips of 8 frames at stride 2, 112x112, weak
      augmentation) vs a loader written like the official PyTorch `dl_semisup_2clips.py`: open the
      video with cv2.VideoCapture, read frames sequentially, crop/resize/jitter each sampled frame in
@@ -15,7 +15,7 @@ The cv2 loader reads each video to its end, as the official loop does (`--cv2_st
 the last frame it needs instead), and does its per-frame work with cv2/numpy where the official
 uses PIL and torchvision.functional (slower), so it is, if anything, faster than the original.
 
-Usage: python benchmarks/bench_input_pipeline.py [--seconds=12] [--videos=32] [--workers=2]
+Usage: python benchmarks/bench_input_pipeline.py [--seconds=12] [--videos=32] [--frames=80,120] [--workers=2]
 Writes benchmarks/results/input_pipeline.json and prints a table.
 """
 from __future__ import annotations
@@ -40,13 +40,15 @@ CROP = 112
 
 # --------------------------------------------------------------------------- test videos
 
-def write_videos(video_dir: str, count: int, seed: int = 0) -> list[tuple[str, int]]:
-    """XVID .avi files with textured panning backgrounds and a moving block; (path, label)."""
+def write_videos(video_dir: str, count: int, frames: tuple[int, int] = (80, 120), seed: int = 0
+                 ) -> list[tuple[str, int]]:
+    """XVID .avi files with textured panning backgrounds and a moving block, `frames` (min, max)
+    frames long; (path, label)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
         label = i % 4
-        num_frames = int(rng.integers(80, 121))
+        num_frames = int(rng.integers(frames[0], frames[1] + 1))
         noise = rng.integers(0, 256, size=(HEIGHT + 64, 2 * WIDTH, 3), dtype=np.uint8)
         background = cv2.GaussianBlur(noise, (0, 0), 2.0)
         path = os.path.join(video_dir, f"class{label}", f"v_class{label}_g{i:02d}_c01.avi")
@@ -206,11 +208,18 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="timed seconds per measurement")
     parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--frames", default="80,120",
+                        help="min,max frames per video (UCF101 averages 186: try 150,220)")
     parser.add_argument("--workers", type=int, default=2, help="cv2 loader processes")
     parser.add_argument("--cv2_stop_early", action="store_true",
                         help="cv2 loader stops at the last needed frame (the official reads to the end)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "input_pipeline.json"))
     args = parser.parse_args(argv)
+    try:
+        frame_range = tuple(int(v) for v in args.frames.split(","))
+        assert len(frame_range) == 2 and 64 <= frame_range[0] <= frame_range[1]
+    except (ValueError, AssertionError):
+        parser.error(f"--frames must be 'min,max' with 64 <= min <= max, got {args.frames!r}")
 
     import tensorflow as tf
     from tbkeras.data import converter, pipelines, splits
@@ -220,7 +229,7 @@ def main(argv=None) -> dict:
     work = tempfile.mkdtemp(prefix="bench_input_")
     try:
         t0 = time.perf_counter()
-        videos = write_videos(os.path.join(work, "videos"), args.videos)
+        videos = write_videos(os.path.join(work, "videos"), args.videos, frame_range)
         entries = [splits.VideoEntry(p, splits.video_id_from_path(p), label, f"class{label}") for p, label in videos]
         tf_dir = os.path.join(work, "tfrecords")
         converter.convert(entries, [f"class{i}" for i in range(4)], converter.ConversionConfig(
@@ -265,7 +274,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
     results["setup"] = {
-        "videos": args.videos, "video_size": f"{WIDTH}x{HEIGHT}", "frames_per_video": "80-120", "codec": "XVID",
+        "videos": args.videos, "video_size": f"{WIDTH}x{HEIGHT}", "frames_per_video": "{}-{}".format(*frame_range), "codec": "XVID",
         "crop": CROP, "cv2_workers": args.workers, "cv2_reads_to_end": not args.cv2_stop_early, "seconds_per_measurement": args.seconds,
         "student": "8+8 clips of 8 frames at stride 2 per element, weak augmentation",
         "ssl": "4 videos per batch, 2 views x (4 local + 1 global) clips of 16 frames, strong augmentation",

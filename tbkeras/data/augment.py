@@ -6,7 +6,9 @@ one erasing box, and every op below is vectorised over `[C, T, ...]` (C clips of
 per-clip parameters broadcast over frames, never a Python loop per frame.
 
 Cost matters (the input pipeline shares the CPU with everything else), so the ops are fused: each
-clip is sliced and resized once, and all the colour ops but the gamma are one affine map per clip.
+clip is sliced and resized once, all the colour ops but the gamma are one affine map per clip, and
+everything after the resize (colour, clamp, gamma, erasing, scaling, mean/std) is one XLA-compiled
+function, a single pass over the pixels (`_finisher`).
 
 Pixels leave as float32 RGB in [0, 1]; `normalize` applies a mean/std (export reuses it).
 
@@ -240,13 +242,14 @@ def _color_params(u: tf.Tensor, config: AugmentConfig):
     to_gray = u[:, 8] < config.grayscale_prob
     drop = (u[:, 8] >= config.grayscale_prob) & (u[:, 8] < config.grayscale_prob + config.channel_drop_prob)
     channel = tf.minimum(tf.cast(u[:, 9] * 3.0, tf.int32), 2)
-    gamma_applies, gamma = _draw(u[:, 10], u[:, 11], config.gamma, config.gamma_prob, 1.0)
+    gamma_applies = _gamma_applies(u, config)
+    gamma = tf.where(gamma_applies, config.gamma[0] + (config.gamma[1] - config.gamma[0]) * u[:, 11], 1.0)
     # Column-vector convention: out = M x, M = drop . gray . brightness . saturation . hue.
     matrix = tf.matmul(_blend_with_gray(saturation), _hue_matrices(hue))
     matrix = brightness[:, None, None] * matrix
     matrix = tf.matmul(_blend_with_gray(tf.where(to_gray, 0.0, 1.0)), matrix)
     keep = 1.0 - tf.one_hot(channel, 3) * tf.cast(drop, tf.float32)[:, None]  # [C, 3]
-    return keep[:, :, None] * matrix, contrast, gamma, to_gray & gamma_applies
+    return keep[:, :, None] * matrix, contrast, gamma, gamma_applies
 
 
 def color_augment(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
@@ -291,11 +294,16 @@ def _color(clips: tf.Tensor, u: tf.Tensor, config: AugmentConfig, scale: float =
     return tf.where(gamma_applies[:, None, None, None, None], tf.pow(out, gammas[:, None, None, None, None]), out)
 
 
+def _gamma_applies(u: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """`[C]` bool: the clips that went grayscale and drew the gamma (uniforms as `_color_params`)."""
+    return (u[:, 8] < config.grayscale_prob) & (u[:, 10] < config.gamma_prob)
+
+
 def _gamma_drawn(u: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
-    """Whether any clip drew the gamma, from the same uniforms as `_color_params` (cheap, in TF)."""
+    """Whether any clip drew the gamma (a few cheap ops, run before choosing a compiled variant)."""
     if config.grayscale_prob <= 0 or config.gamma_prob <= 0:
         return tf.constant(False)
-    return tf.reduce_any((u[:, 8] < config.grayscale_prob) & (u[:, 10] < config.gamma_prob))
+    return tf.reduce_any(_gamma_applies(u, config))
 
 
 def _rgb_map(x: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
@@ -341,7 +349,7 @@ def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf
     return clips * _erase_mask(u, clips.shape[2], config)[:, None, :, :, None]
 
 
-def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+def _hashable(values: Sequence[float] | None) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in values)
 
 
@@ -361,7 +369,7 @@ def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std:
 
     Unfused, each of these is a separate memory-bound TensorFlow op over `[C, T, S, S, 3]` floats,
     plus dozens of tiny ops building the parameters; see BENCHMARKS.md for what fusing saves.
-    Shapes are static (clips and crop size), so each pipeline compiles it once (~0.5 s).
+    Shapes are static (clips and crop size), so each pipeline compiles it once (~1-2 s).
     """
     if (mean is None) != (std is None):
         raise ValueError(f"normalisation needs both mean and std, or neither (mean={mean}, std={std})")
@@ -383,7 +391,7 @@ def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std:
 def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None,
             mean: Sequence[float] | None, std: Sequence[float] | None) -> tf.Tensor:
     u = _uniforms(seed, len(clips), _num_draws(config))
-    mean, std = _tuple(mean), _tuple(std)
+    mean, std = _hashable(mean), _hashable(std)
     if config is None:
         return _finisher(None, mean, std)(clips, u)
     # Two compiled variants, so the pow runs only in calls where some clip drew the gamma.
