@@ -246,8 +246,11 @@ class Recipe:
         return pipelines.VideoSource(data.tfrecord_dir, split, exclude_ids_file=listed)
 
     def _pixels(self) -> pipelines.PixelFormat:
+        # Under mixed_bfloat16 the first layer casts clips to bfloat16 anyway: the pipelines emit
+        # them so, which halves the bytes they batch and copy to the accelerator (same outputs).
         data = self.config.data
-        return pipelines.PixelFormat(crop_size=data.crop_size, mean=data.mean, std=data.std)
+        dtype = "bfloat16" if self.config.mixed_precision == "mixed_bfloat16" else "float32"
+        return pipelines.PixelFormat(crop_size=data.crop_size, mean=data.mean, std=data.std, dtype=dtype)
 
     def _read(self, training: bool = True) -> pipelines.ReadOptions:
         data = self.config.data

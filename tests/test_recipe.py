@@ -1,6 +1,8 @@
 """The recipe's stage order and its errors on bad input (fast: nothing is trained here)."""
 import dataclasses
 
+import keras
+import numpy as np
 import pytest
 
 from tbkeras import recipe
@@ -75,3 +77,17 @@ def test_student_without_a_labeled_list_has_no_unlabeled_videos(tmp_path):
     assert source("train", labeled=True).include_ids_file is None  # every video is labeled
     with pytest.raises(ValueError, match="--labeled_list"):
         source("train", labeled=False)
+
+
+def test_mixed_bfloat16_trains_on_bfloat16_clips(tmp_path):
+    # The pipelines emit bfloat16 under mixed_bfloat16 (the model's first layer casts to it anyway).
+    write_split(str(tmp_path / "tfrecords"), "train", [FakeVideo(f"v{i}", 20, i % 3) for i in range(6)])
+    config = _config(tmp_path, mixed_precision="mixed_bfloat16")
+    runner = recipe.Recipe(config)
+    assert runner._pixels().dtype == "bfloat16"
+    assert recipe.Recipe(_config(tmp_path))._pixels().dtype == "float32"
+    try:
+        metrics = runner.run("supervised")["supervised"]
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.isfinite(metrics["loss"])

@@ -10,7 +10,7 @@ clip is sliced and resized once, all the colour ops but the gamma are one affine
 everything after the resize (colour, clamp, gamma, erasing, scaling, mean/std) is one XLA-compiled
 function, a single pass over the pixels (`_finisher`).
 
-Pixels leave as float32 RGB in [0, 1]; `normalize` applies a mean/std (export reuses it).
+Pixels leave as RGB in [0, 1], or normalised by a mean/std, as float32 or bfloat16 (`PixelFormat`).
 
 The settings and the order of the ops follow the official TimeBalance loaders
 (`dataloaders/dl_ssl.py` for `STRONG`, `dl_semisup_2clips.py` for `WEAK`): resized crop, contrast,
@@ -92,6 +92,35 @@ WEAK = AugmentConfig(
 )
 
 
+# Output dtypes: float32, or bfloat16 (half the bytes to batch and to copy to the accelerator; what
+# the model computes in anyway under the `mixed_bfloat16` policy).
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelFormat:
+    """Output frames: S x S crops in [0, 1], optionally normalised with a per-channel mean and std,
+    as float32 or bfloat16."""
+
+    crop_size: int = 112
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.crop_size < 1:
+            raise ValueError(f"PixelFormat.crop_size must be positive, got {self.crop_size}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"PixelFormat needs both mean and std, or neither (mean={self.mean}, std={self.std})")
+        if self.mean is not None:
+            if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+                raise ValueError(f"PixelFormat mean/std need 3 values (RGB), std > 0: mean={self.mean}, std={self.std}")
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))  # hashable, for the compiled cache
+            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PixelFormat.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
 def normalize(x: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """`(x - mean) / std` over the last (RGB) axis; `x` float in [0, 1]."""
     mean = tf.constant(mean, x.dtype)
@@ -167,8 +196,7 @@ def crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config: Augmen
     return random_crop_boxes(seed, num_clips, frame_h, frame_w, config)
 
 
-def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: int,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, pixels: PixelFormat,
                config: AugmentConfig | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Cut clips with the given boxes, then (with `config`) colour-augment and erase each.
 
@@ -176,16 +204,16 @@ def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, size: 
       frames: uint8 `[N, H, W, 3]` (decoded frames, 0..255).
       frame_ids: int `[C, T]` with static C, the frames (rows of `frames`) of each clip.
       boxes: int32 `[C, 5]`, one box per clip (see above).
-      mean, std: optional normalisation (both or neither).
+      pixels: output size, normalisation and dtype.
       config, seed: the augmentation past the crop and its stateless seed (`[2]`); None for
         evaluation views and centre crops.
     Returns:
-      float32 `[C, T, size, size, 3]` in [0, 1], or normalised.
+      `[C, T, S, S, 3]` of `pixels.dtype`, in [0, 1] or normalised.
     """
     if config is not None and seed is None:
         raise ValueError("crop_clips with an augmentation config needs a seed")
     seed = tf.zeros([2], tf.int64) if seed is None else seed
-    return _finish(_resize_clips(frames, frame_ids, boxes, size), seed, config, mean, std)
+    return _finish(_resize_clips(frames, frame_ids, boxes, pixels.crop_size), seed, config, pixels)
 
 
 # --------------------------------------------------------------------------- colour and erasing
@@ -349,10 +377,6 @@ def random_erase(clips: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf
     return clips * _erase_mask(u, clips.shape[2], config)[:, None, :, :, None]
 
 
-def _hashable(values: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
-
-
 def _num_draws(config: AugmentConfig | None) -> int:
     """Uniforms per clip that `_finisher(config, ...)` consumes."""
     if config is None:
@@ -361,18 +385,15 @@ def _num_draws(config: AugmentConfig | None) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-              gamma: bool = False):
-    """One XLA-compiled function per (augmentation, normalisation): (the C resized clips in 0..255,
-    uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale and normalise, which XLA
-    fuses into about one pass over the pixels.
+def _finisher(config: AugmentConfig | None, pixels: PixelFormat, gamma: bool = False):
+    """One XLA-compiled function per (augmentation, output format): (the C resized clips in
+    0..255, uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale, normalise and cast,
+    which XLA fuses into about one pass over the pixels.
 
     Unfused, each of these is a separate memory-bound TensorFlow op over `[C, T, S, S, 3]` floats,
     plus dozens of tiny ops building the parameters; see BENCHMARKS.md for what fusing saves.
     Shapes are static (clips and crop size), so each pipeline compiles it once (~1-2 s).
     """
-    if (mean is None) != (std is None):
-        raise ValueError(f"normalisation needs both mean and std, or neither (mean={mean}, std={std})")
 
     @tf.function(jit_compile=True, autograph=False)
     def finish(clips: list[tf.Tensor], u: tf.Tensor) -> tf.Tensor:
@@ -383,26 +404,25 @@ def _finisher(config: AugmentConfig | None, mean: tuple[float, ...] | None, std:
             x = _color(clips, u[:, :_COLOR_DRAWS], config, scale=1.0 / 255.0, gamma=gamma)
             if _erases(config):
                 x = x * _erase_mask(u[:, _COLOR_DRAWS:], clips.shape[2], config)[:, None, :, :, None]
-        return x if mean is None else normalize(x, mean, std)
+        if pixels.mean is not None:
+            x = normalize(x, pixels.mean, pixels.std)
+        return tf.cast(x, pixels.dtype)
 
     return finish
 
 
-def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None,
-            mean: Sequence[float] | None, std: Sequence[float] | None) -> tf.Tensor:
+def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None, pixels: PixelFormat) -> tf.Tensor:
     u = _uniforms(seed, len(clips), _num_draws(config))
-    mean, std = _hashable(mean), _hashable(std)
     if config is None:
-        return _finisher(None, mean, std)(clips, u)
+        return _finisher(None, pixels)(clips, u)
     # Two compiled variants, so the pow runs only in calls where some clip drew the gamma.
     return tf.cond(_gamma_drawn(u, config),
-                   lambda: _finisher(config, mean, std, gamma=True)(clips, u),
-                   lambda: _finisher(config, mean, std, gamma=False)(clips, u))
+                   lambda: _finisher(config, pixels, gamma=True)(clips, u),
+                   lambda: _finisher(config, pixels, gamma=False)(clips, u))
 
 
 def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
-                  config: AugmentConfig | None, size: int, mean: Sequence[float] | None = None,
-                  std: Sequence[float] | None = None) -> tf.Tensor:
+                  config: AugmentConfig | None, pixels: PixelFormat) -> tf.Tensor:
     """Cut C training clips out of decoded frames, each with its own augmentation.
 
     Args:
@@ -410,14 +430,13 @@ def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,
       frame_ids: int `[C, T]`, rows of `frames` that make each clip.
       seed: int `[2]` stateless seed; same seed, same augmentation.
       config: the augmentation; None gives the deterministic centre crop of the short side.
-      size: output crop size S.
-      mean, std: optional normalisation, `(x - mean) / std` per RGB channel (both or neither).
+      pixels: output size S, normalisation and dtype.
     Returns:
-      float32 `[C, T, S, S, 3]` in [0, 1], or normalised.
+      `[C, T, S, S, 3]` of `pixels.dtype`, in [0, 1] or normalised.
     """
     num_clips = frame_ids.shape[0]
     if num_clips is None:
         raise ValueError("augment_clips needs a static number of clips (frame_ids.shape[0])")
     s = tf.random.experimental.stateless_split(seed, 2)
     boxes = crop_boxes(s[0], num_clips, tf.shape(frames)[1], tf.shape(frames)[2], config)
-    return crop_clips(frames, frame_ids, boxes, size, mean, std, config, s[1])
+    return crop_clips(frames, frame_ids, boxes, pixels, config, s[1])

@@ -5,7 +5,8 @@ each carrying its shard's path for error messages) -> parsed videos (frames stil
 videos of the chosen subset -> shuffled -> one element per video (sample frame indices, decode only
 those frames, crop and augment) -> batches -> prefetch.
 
-Element structures (images float32 RGB in [0, 1], or mean/std normalised; S = crop size):
+Element structures (images RGB in [0, 1] or mean/std normalised, float32 or bfloat16 as
+`PixelFormat` says; S = crop size):
   ssl_dataset:        {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": [B]}
   supervised_dataset: {"clip": [B, T, S, S, 3], "label": int32 [B], "video_id": [B]}
   student_dataset:    {"labeled": {"clip", "label", "video_id"[, "score"]},
@@ -35,7 +36,7 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from tbkeras.data import augment, manifest, sampling, splits, tfrecord
-from tbkeras.data.augment import AugmentConfig
+from tbkeras.data.augment import AugmentConfig, PixelFormat
 from tbkeras.files import read_json
 
 logger = logging.getLogger(__name__)
@@ -62,19 +63,6 @@ class VideoSource:
     split: str = "train"
     include_ids_file: str | None = None
     exclude_ids_file: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelFormat:
-    """Output frames: S x S crops, optionally normalised with a per-channel mean and std."""
-
-    crop_size: int = 112
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-
-    def __post_init__(self):
-        if (self.mean is None) != (self.std is None):
-            raise ValueError(f"PixelFormat needs both mean and std, or neither (mean={self.mean}, std={self.std})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +362,7 @@ def _shared_crop_clips(frames: tf.Tensor, indices: tf.Tensor, seed: tf.Tensor, a
     decoded = tfrecord.decode_frames(frames, unique, window=box[:4])
     whole_window = tf.concat([tf.zeros([2], tf.int32), box[2:]], axis=0)  # the flip stays
     boxes = tf.tile(whole_window[None], [indices.shape[0], 1])
-    return augment.crop_clips(decoded, rows, boxes, pixels.crop_size, pixels.mean, pixels.std, aug, s[1])
+    return augment.crop_clips(decoded, rows, boxes, pixels, aug, s[1])
 
 
 def _one_clip(video, seed, clip_length: int, stride: int, aug: AugmentConfig | None,
@@ -426,9 +414,8 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
         decoded, rows = _decode(video["frames"], tf.concat([local, global_[None]], axis=0))  # [n+1, L]
         seeds = tf.random.experimental.stateless_split(s[1], 2)
         # Local and global clips are cut separately, so no copy is needed to split them apart.
-        norm = (cfg.pixels.mean, cfg.pixels.std)
-        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, size, *norm)
-        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, size, *norm)
+        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, cfg.pixels)
+        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, cfg.pixels)
         return {"local": tf.reshape(local_clips, [views, n, length, size, size, 3]),
                 "global": tf.reshape(global_clips, [views, length, size, size, 3]),
                 "video_id": video["video_id"]}
@@ -494,8 +481,7 @@ def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | No
             tf.size(video["frames"]), num_clips=k, clip_length=length, stride=cfg.stride)
         decoded, rows = _decode(video["frames"], indices)
         boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c)
-        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), size,
-                                   cfg.pixels.mean, cfg.pixels.std)
+        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), cfg.pixels)
         return {"views": tf.ensure_shape(views, [k * c, length, size, size, 3]),
                 "label": video["label"], "video_id": video["video_id"]}
 

@@ -8,6 +8,7 @@ from tbkeras.data import augment
 from tests.data.shard_fixtures import column_x, frame_pixels
 
 H, W, S, T = 32, 40, 16, 4
+PIX = augment.PixelFormat(S)
 SEED = tf.constant([3, 4], tf.int64)
 
 # Every op fires on every clip, so a per-frame draw could not hide.
@@ -44,7 +45,7 @@ def _assert_frames_identical(clips):
 def test_every_frame_of_a_clip_gets_the_same_augmentation(config):
     frames, ids = _identical_clip_frames()
     for i in range(3):
-        out = augment.augment_clips(frames, ids, tf.constant([i, 1], tf.int64), config, S).numpy()
+        out = augment.augment_clips(frames, ids, tf.constant([i, 1], tf.int64), config, PIX).numpy()
         assert out.shape == (3, T, S, S, 3) and out.dtype == np.float32
         assert 0.0 <= out.min() and out.max() <= 1.0
         _assert_frames_identical(out)
@@ -63,7 +64,7 @@ LUMA = np.array([0.299, 0.587, 0.114])
 
 def _full_frame_clips():
     frames, ids = _identical_clip_frames()
-    return augment.crop_clips(frames, ids, tf.constant([[0, 0, H, W, 0]] * 3), S)
+    return augment.crop_clips(frames, ids, tf.constant([[0, 0, H, W, 0]] * 3), PIX)
 
 
 def test_each_colour_op_matches_its_definition_and_keeps_frames_identical():
@@ -115,14 +116,14 @@ def test_flip_flips_and_crop_crops():
     frame = frame_pixels(0, H, W)
     frames = tf.constant(frame[None])
     ids = tf.zeros([1, 1], tf.int32)
-    plain = augment.augment_clips(frames, ids, SEED, NOTHING, S).numpy()[0, 0]
-    flipped = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, flip_prob=1.0), S).numpy()[0, 0]
+    plain = augment.augment_clips(frames, ids, SEED, NOTHING, PIX).numpy()[0, 0]
+    flipped = augment.augment_clips(frames, ids, SEED, dataclasses.replace(NOTHING, flip_prob=1.0), PIX).numpy()[0, 0]
     np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-6)
     xs = column_x(plain, W)
     assert xs[0] < 2 and xs[-1] > W - 3  # full frame
     half = dataclasses.replace(NOTHING, crop_side=(0.5, 0.5))
     for i in range(5):
-        xs = column_x(augment.augment_clips(frames, ids, tf.constant([i, 0], tf.int64), half, S).numpy()[0, 0], W)
+        xs = column_x(augment.augment_clips(frames, ids, tf.constant([i, 0], tf.int64), half, PIX).numpy()[0, 0], W)
         span = xs[-1] - xs[0] + (W / 2) / S  # first to last column centre, plus one output pixel
         assert abs(span - W / 2) < 1.5
         assert xs[0] > -1 and xs[-1] < W
@@ -143,9 +144,9 @@ def test_random_crop_boxes_respect_ranges():
 
 def test_augmentation_is_seeded():
     frames, ids = _identical_clip_frames()
-    a = augment.augment_clips(frames, ids, SEED, augment.STRONG, S).numpy()
-    b = augment.augment_clips(frames, ids, SEED, augment.STRONG, S).numpy()
-    c = augment.augment_clips(frames, ids, tf.constant([9, 9], tf.int64), augment.STRONG, S).numpy()
+    a = augment.augment_clips(frames, ids, SEED, augment.STRONG, PIX).numpy()
+    b = augment.augment_clips(frames, ids, SEED, augment.STRONG, PIX).numpy()
+    c = augment.augment_clips(frames, ids, tf.constant([9, 9], tf.int64), augment.STRONG, PIX).numpy()
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 0.01
 
@@ -154,7 +155,7 @@ def test_augmentation_is_seeded():
 def test_eval_crops_cover_both_ends_and_centre_of_the_long_side(num_crops, lefts):
     frame = tf.constant(frame_pixels(0, H, W)[None])
     boxes = augment.eval_crop_boxes(H, W, num_crops)
-    out = augment.crop_clips(frame, tf.zeros([num_crops, 1], tf.int32), boxes, S).numpy()
+    out = augment.crop_clips(frame, tf.zeros([num_crops, 1], tf.int32), boxes, PIX).numpy()
     for crop, left in zip(out[:, 0], lefts):
         xs = column_x(crop, W)
         # Short side (32) resized to 16: output column j comes from x = left + 2j + 0.5.
@@ -171,3 +172,21 @@ def test_eval_crops_of_a_portrait_frame_run_along_its_height():
 def test_normalize():
     x = tf.constant([[0.5, 0.25, 1.0]])
     np.testing.assert_allclose(augment.normalize(x, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)).numpy(), [[0, 0, 0.5]])
+
+
+def test_pixel_format_rejects_bad_fields():
+    for kwargs, match in [({"dtype": "float16"}, "dtype"), ({"mean": (0.5,) * 3}, "both mean and std"),
+                          ({"mean": (0.5, 0.5), "std": (1.0, 1.0)}, "3 values"),
+                          ({"mean": (0.5,) * 3, "std": (1.0, 0.0, 1.0)}, "std > 0"), ({"crop_size": 0}, "crop_size")]:
+        with pytest.raises(ValueError, match=match):
+            augment.PixelFormat(**{"crop_size": S, **kwargs})
+
+
+@pytest.mark.parametrize("config", [None, augment.STRONG])
+def test_bfloat16_output_is_the_float32_output_rounded(config):
+    frames, ids = _identical_clip_frames()
+    for pixels in [PIX, augment.PixelFormat(S, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))]:
+        full = augment.augment_clips(frames, ids, SEED, config, pixels).numpy()
+        half = augment.augment_clips(frames, ids, SEED, config, dataclasses.replace(pixels, dtype="bfloat16"))
+        assert half.dtype == tf.bfloat16 and half.shape == full.shape
+        np.testing.assert_array_equal(tf.cast(half, tf.float32).numpy(), tf.cast(tf.cast(full, tf.bfloat16), tf.float32).numpy())

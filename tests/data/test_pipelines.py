@@ -264,7 +264,20 @@ def test_decoding_only_the_crop_box_gives_the_clips_of_whole_frames(aug, num_cli
     for i in range(4):
         seed = tf.constant([i, 7], tf.int64)
         cropped = pipelines._shared_crop_clips(jpegs, indices, seed, aug, PIX).numpy()
-        expected = augment.augment_clips(whole, indices, seed, aug, S).numpy()
+        expected = augment.augment_clips(whole, indices, seed, aug, PIX).numpy()
         assert cropped.shape == expected.shape == (num_clips, 4, S, S, 3)
         np.testing.assert_allclose(cropped, expected, atol=3 / 255)
         assert np.abs(cropped - expected).mean() < 0.5 / 255
+
+
+def test_bfloat16_pixels_give_the_same_batches_rounded(data):
+    def first_batch(pixels):
+        cfg = SSLConfig(VideoSource(data["dir"]), batch_size=2, num_clips=2, clip_length=4, pixels=pixels, read=SEEDED)
+        return _take(pipelines.ssl_dataset(cfg), 1)[0]
+
+    full, half = first_batch(PIX), first_batch(dataclasses.replace(PIX, dtype="bfloat16"))
+    assert _ids(full) == _ids(half)
+    for key in ("local", "global"):
+        assert half[key].dtype == tf.bfloat16.as_numpy_dtype and half[key].shape == full[key].shape
+        np.testing.assert_array_equal(half[key].astype(np.float32),
+                                      full[key].astype(tf.bfloat16.as_numpy_dtype).astype(np.float32))
