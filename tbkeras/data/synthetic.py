@@ -68,7 +68,8 @@ def _pair(first: str, second: str) -> tuple[ActionSpec, ActionSpec]:
 
 
 # The fixed, well-mixed class order: the first N classes are a config's classes. The first 4 are
-# the paper's atomic examples mixed with 2 composite pairs, and pairs stay whole for even N <= 18.
+# the paper's atomic examples mixed with 2 composite pairs. A pair (A then B, B then A) stays whole,
+# so that only the order tells its classes apart, unless N is 2, 6, 11, 13, 15 or 17.
 ACTIONS: tuple[ActionSpec, ...] = (
     _atomic("Oscillate"), *_pair("SlideRight", "HopUp"),
     _atomic("Rotate"), _atomic("Pulse"), *_pair("Spin", "Grow"),
