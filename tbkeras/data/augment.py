@@ -387,8 +387,8 @@ def _num_draws(config: AugmentConfig | None) -> int:
 @functools.lru_cache(maxsize=None)
 def _finisher(config: AugmentConfig | None, pixels: PixelFormat, gamma: bool = False):
     """One XLA-compiled function per (augmentation, output format): (the C resized clips in
-    0..255, uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale, normalise and cast,
-    which XLA fuses into about one pass over the pixels.
+    0..255, uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale and normalise, which
+    XLA fuses into about one pass over the pixels (then `_to_bfloat16` if that is the dtype).
 
     Unfused, each of these is a separate memory-bound TensorFlow op over `[C, T, S, S, 3]` floats,
     plus dozens of tiny ops building the parameters; see BENCHMARKS.md for what fusing saves.
