@@ -223,8 +223,13 @@ def _draw(u_apply: tf.Tensor, u_value: tf.Tensor, value_range: Range, prob: floa
     """Per clip, from two uniforms: whether the op applies (`[C]` bool) and its factor (`[C]`,
     `identity` where it does not)."""
     applies = u_apply < prob
+    return applies, tf.where(applies, _in_range(u_value, value_range), identity)
+
+
+def _in_range(u: tf.Tensor, value_range: Range) -> tf.Tensor:
+    """Uniforms in [0, 1) mapped onto `value_range`."""
     lo, hi = value_range
-    return applies, tf.where(applies, lo + (hi - lo) * u_value, identity)
+    return lo + (hi - lo) * u
 
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's grayscale
@@ -271,7 +276,7 @@ def _color_params(u: tf.Tensor, config: AugmentConfig):
     drop = (u[:, 8] >= config.grayscale_prob) & (u[:, 8] < config.grayscale_prob + config.channel_drop_prob)
     channel = tf.minimum(tf.cast(u[:, 9] * 3.0, tf.int32), 2)
     gamma_applies = _gamma_applies(u, config)
-    gamma = tf.where(gamma_applies, config.gamma[0] + (config.gamma[1] - config.gamma[0]) * u[:, 11], 1.0)
+    gamma = tf.where(gamma_applies, _in_range(u[:, 11], config.gamma), 1.0)
     # Column-vector convention: out = M x, M = drop . gray . brightness . saturation . hue.
     matrix = tf.matmul(_blend_with_gray(saturation), _hue_matrices(hue))
     matrix = brightness[:, None, None] * matrix
@@ -354,11 +359,10 @@ def _erase_mask(u: tf.Tensor, size: int, config: AugmentConfig) -> tf.Tensor:
     erased = None
     for i in range(config.erase_count):
         apply, top, left, height, width = tf.unstack(u[:, _ERASE_DRAWS * i:_ERASE_DRAWS * (i + 1)], axis=1)
-        (lo_h, hi_h), (lo_w, hi_w) = config.erase_height, config.erase_width
         top = tf.floor(top * size_f)[:, None]
         left = tf.floor(left * size_f)[:, None]
-        height = tf.round((lo_h + (hi_h - lo_h) * height) * size_f)[:, None]
-        width = tf.round((lo_w + (hi_w - lo_w) * width) * size_f)[:, None]
+        height = tf.round(_in_range(height, config.erase_height) * size_f)[:, None]
+        width = tf.round(_in_range(width, config.erase_width) * size_f)[:, None]
         rows = (pos >= top) & (pos < top + height)  # [C, S]
         cols = (pos >= left) & (pos < left + width)
         box = rows[:, :, None] & cols[:, None, :] & (apply < config.erase_prob)[:, None, None]
