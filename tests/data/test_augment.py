@@ -102,6 +102,34 @@ def test_gamma_follows_grayscale():
                                np.repeat(gray ** 2, 3, axis=-1), atol=1e-5)
 
 
+def test_compiled_gamma_matches_numpy_pow_including_black_pixels():
+    frame = _textured_frame()
+    frame[:4] = 0  # log 0 = -inf must still give 0, not nan
+    frames = tf.constant(np.stack([frame] * T))
+    ids = tf.constant(np.tile(np.arange(T), (3, 1)), tf.int32)
+    config = dataclasses.replace(NOTHING, grayscale_prob=1.0, gamma_prob=1.0, gamma=(0.6, 1.6))
+    plain = augment.crop_clips(frames, ids, tf.constant([[0, 0, H, W, 0]] * 3), PIX).numpy()
+    out = augment.crop_clips(frames, ids, tf.constant([[0, 0, H, W, 0]] * 3), PIX, config, SEED).numpy()
+    gray = plain @ LUMA  # [C, T, S, S]
+    gammas = [np.log(out[c, 0, -1, -1, 0]) / np.log(gray[c, 0, -1, -1]) for c in range(3)]  # as drawn
+    assert len({round(g, 3) for g in gammas}) == 3 and all(0.6 <= g <= 1.6 for g in gammas)
+    for c, g in enumerate(gammas):
+        np.testing.assert_allclose(out[c], np.repeat((gray[c] ** g)[..., None], 3, axis=-1), atol=2e-5)
+    assert (out[:, :, 0] == 0).all() and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("gamma", (0.0, 1.0), "gamma must be > 0"),
+    ("flip_prob", 1.5, "flip_prob must be in"),
+    ("hue", (0.1, -0.1), "low <= high"),
+    ("crop_side", (0.5, 1.2), "at most 1"),
+    ("erase_count", -1, "erase_count"),
+])
+def test_bad_augment_settings_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(augment.STRONG, **{field: value})
+
+
 def test_random_erase_zeroes_the_same_box_in_every_frame():
     x = _full_frame_clips()
     out = augment.random_erase(x, SEED, ALWAYS).numpy()
