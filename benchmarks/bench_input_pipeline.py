@@ -15,7 +15,7 @@ The cv2 loader reads each video to its end, as the official loop does (`--cv2_st
 the last frame it needs instead), and does its per-frame work with cv2/numpy where the official
 uses PIL and torchvision.functional (slower), so it is, if anything, faster than the original.
 
-Usage: python benchmarks/bench_input_pipeline.py [--seconds=12] [--videos=32] [--frames=80,120] [--workers=2]
+Usage: python benchmarks/bench_input_pipeline.py [--seconds=12] [--videos=32] [--frames=80,120] [--workers=2] [--malloc=tuned|default]
 Writes benchmarks/results/input_pipeline.json and prints a table.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -153,30 +154,49 @@ def cv2_load(task: tuple[str, int, str, bool]) -> int:
     return len([np.stack(b) for b in built if b])
 
 
-def time_cv2_loader(tasks, workers: int, seconds: float) -> float:
-    """Clips/s of `cv2_load` over `tasks` in a pool of worker processes (after one warm-up pass)."""
+def _timed_cv2_load(task) -> tuple[int, float]:
+    """`cv2_load` and the CPU seconds the worker spent on it."""
+    start = time.process_time()
+    clips = cv2_load(task)
+    return clips, time.process_time() - start
+
+
+def time_cv2_loader(tasks, workers: int, seconds: float, tuned_malloc: bool) -> tuple[float, float]:
+    """Clips/s of `cv2_load` over `tasks` in a pool of worker processes (after one warm-up pass),
+    with the same malloc settings as the tbkeras side, and the CPU ms its workers spent per clip."""
+    from tbkeras.malloc import tune_malloc
+
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=tune_malloc if tuned_malloc else None) as pool:
         pool.map(cv2_load, tasks[:workers * 2])  # warm up the workers
-        clips, start, i = 0, time.perf_counter(), 0
+        clips, cpu, start, i = 0, 0.0, time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             batch = [tasks[(i + k) % len(tasks)] for k in range(workers * 4)]
-            clips += sum(pool.map(cv2_load, batch))
+            for built, seconds_spent in pool.map(_timed_cv2_load, batch):
+                clips += built
+                cpu += seconds_spent
             i += len(batch)
-        return clips / (time.perf_counter() - start)
+        return clips / (time.perf_counter() - start), 1000 * cpu / clips
 
 
 # --------------------------------------------------------------------------- tbkeras
 
-def time_dataset(dataset, clips_per_element: int, seconds: float, warmup: int = 3) -> float:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_dataset(dataset, clips_per_element: int, seconds: float, warmup: int = 3) -> tuple[float, float]:
+    """Clips/s of iterating `dataset`, and the CPU ms this process spent per clip (all threads)."""
     iterator = iter(dataset)
     for _ in range(warmup):
         next(iterator)
-    elements, start = 0, time.perf_counter()
+    elements, start, cpu_start = 0, time.perf_counter(), _cpu_seconds()
     while time.perf_counter() - start < seconds:
         next(iterator)
         elements += 1
-    return elements * clips_per_element / (time.perf_counter() - start)
+    clips = elements * clips_per_element
+    return clips / (time.perf_counter() - start), 1000 * (_cpu_seconds() - cpu_start) / clips
 
 
 def decode_ceiling(shard_paths, seconds: float) -> float:
@@ -190,7 +210,7 @@ def decode_ceiling(shard_paths, seconds: float) -> float:
           .map(lambda j: tf.shape(tf.io.decode_jpeg(j, channels=3))[0], num_parallel_calls=tf.data.AUTOTUNE,
                deterministic=False)
           .batch(64).prefetch(tf.data.AUTOTUNE))
-    return time_dataset(ds, 64, seconds)
+    return time_dataset(ds, 64, seconds)[0]
 
 
 def cpu_model() -> str:
@@ -211,6 +231,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--frames", default="80,120",
                         help="min,max frames per video (UCF101 averages 186: try 150,220)")
     parser.add_argument("--workers", type=int, default=2, help="cv2 loader processes")
+    parser.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                        help="glibc malloc settings of both loaders: tbkeras.malloc.tune_malloc (what "
+                             "experiments/run.py applies) or glibc's defaults")
     parser.add_argument("--cv2_stop_early", action="store_true",
                         help="cv2 loader stops at the last needed frame (the official reads to the end)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "input_pipeline.json"))
@@ -221,6 +244,10 @@ def main(argv=None) -> dict:
     except (ValueError, AssertionError):
         parser.error(f"--frames must be 'min,max' with 64 <= min <= max, got {args.frames!r}")
 
+    if args.malloc == "tuned":  # before TensorFlow starts its threads
+        from tbkeras.malloc import tune_malloc
+
+        tune_malloc()
     import tensorflow as tf
     from tbkeras.data import converter, pipelines, splits
     from tbkeras.data.pipelines import PixelFormat, ReadOptions, SSLConfig, StudentConfig, VideoSource
@@ -260,15 +287,19 @@ def main(argv=None) -> dict:
             # SSL decodes the 64-frame span once for its 10 clips of 16 frames.
             ("ssl", lambda d: pipelines.ssl_dataset(ssl_cfg(d)), 4 * ssl_clips_per_video, 64 / ssl_clips_per_video, "ssl"),
         ]:
-            ours = time_dataset(build("float32"), clips_per_element, args.seconds)
+            ours, ours_cpu = time_dataset(build("float32"), clips_per_element, args.seconds)
             # bfloat16 pixels, as the recipe emits under mixed_bfloat16.
-            ours_bf16 = time_dataset(build("bfloat16"), clips_per_element, args.seconds)
+            ours_bf16, _ = time_dataset(build("bfloat16"), clips_per_element, args.seconds)
             tasks = [(p, i, kind, args.cv2_stop_early) for i, (p, _) in enumerate(videos)]
-            theirs = time_cv2_loader(tasks, args.workers, args.seconds)
+            theirs, theirs_cpu = time_cv2_loader(tasks, args.workers, args.seconds, args.malloc == "tuned")
             results[name] = {
                 "tbkeras_clips_per_s": round(ours, 1),
                 "tbkeras_bfloat16_clips_per_s": round(ours_bf16, 1),
                 "cv2_loader_clips_per_s": round(theirs, 1),
+                # CPU time per clip: what each loader costs, whatever else shares the machine.
+                "tbkeras_cpu_ms_per_clip": round(ours_cpu, 2),
+                "cv2_loader_cpu_ms_per_clip": round(theirs_cpu, 2),
+                "cpu_time_ratio": round(theirs_cpu / ours_cpu, 2),
                 "decode_ceiling_frames_per_s": round(ceiling, 1),
                 "speedup_vs_cv2": round(ours / theirs, 2),
                 "decoded_frames_per_clip": frames_per_clip,
@@ -281,9 +312,10 @@ def main(argv=None) -> dict:
 
     results["setup"] = {
         "videos": args.videos, "video_size": f"{WIDTH}x{HEIGHT}", "frames_per_video": "{}-{}".format(*frame_range), "codec": "XVID",
-        "crop": CROP, "cv2_workers": args.workers, "cv2_reads_to_end": not args.cv2_stop_early, "seconds_per_measurement": args.seconds,
+        "crop": CROP, "cv2_workers": args.workers, "cv2_reads_to_end": not args.cv2_stop_early, "malloc": args.malloc, "seconds_per_measurement": args.seconds,
         "student": "8+8 clips of 8 frames at stride 2 per element, weak augmentation",
         "ssl": "4 videos per batch, 2 views x (4 local + 1 global) clips of 16 frames, strong augmentation",
+        "tbkeras_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "nproc": os.cpu_count(), "cpu": cpu_model(), "tensorflow": tf.__version__, "python": sys.version.split()[0],
     }
     atomic_write_json(args.output, results)
@@ -293,11 +325,12 @@ def main(argv=None) -> dict:
 
 def print_table(results: dict) -> None:
     print(f"\n{'pipeline':<9} {'tbkeras clips/s':>16} {'(bfloat16)':>11} {'cv2 loader clips/s':>19} {'speedup':>8} "
-          f"{'% decode ceiling':>17} {'clips/s/core':>13}")
+          f"{'CPU ms/clip ours, cv2':>22} {'ratio':>6} {'% decode ceiling':>17} {'clips/s/core':>13}")
     for name in ("student", "ssl"):
         r = results[name]
+        cpu = f"{r['tbkeras_cpu_ms_per_clip']:.2f}, {r['cv2_loader_cpu_ms_per_clip']:.2f}"
         print(f"{name:<9} {r['tbkeras_clips_per_s']:>16.1f} {r['tbkeras_bfloat16_clips_per_s']:>11.1f} "
-              f"{r['cv2_loader_clips_per_s']:>19.1f} {r['speedup_vs_cv2']:>7.1f}x "
+              f"{r['cv2_loader_clips_per_s']:>19.1f} {r['speedup_vs_cv2']:>7.1f}x {cpu:>22} {r['cpu_time_ratio']:>5.1f}x "
               f"{100 * r['fraction_of_decode_ceiling']:>16.0f}% {r['tbkeras_clips_per_s_per_core']:>13.1f}")
     print(f"JPEG decode ceiling: {results['student']['decode_ceiling_frames_per_s']:.0f} frames/s")
 
