@@ -4,7 +4,7 @@ TensorFlow frees and allocates blocks of megabytes to tens of megabytes all the 
 every batch (a batch of 4 SSL videos is ~100 MB of float32), every activation. glibc's defaults hand
 such blocks back to the kernel when they are freed (`mmap`/`munmap` above a threshold, heap
 trimming, one heap per thread arena), so each new block page-faults and is zeroed again. On the
-SSL input pipeline that was a third of all CPU time, as system time (BENCHMARKS.md).
+SSL input pipeline that was a quarter to a third of all CPU time, as system time (BENCHMARKS.md).
 
 `tune_malloc` keeps freed memory in the process for reuse instead. The cost: the heap does not
 shrink after a peak, and threads share one arena (a lock, cheap next to the page faults for
