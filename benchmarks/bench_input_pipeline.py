@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 # Imported by the cv2 loader's worker processes too: keep TensorFlow out of module scope.
+from tbkeras.malloc import tune_malloc
 
 WIDTH, HEIGHT = 171, 128
 CROP = 112
@@ -164,8 +165,6 @@ def _timed_cv2_load(task) -> tuple[int, float]:
 def time_cv2_loader(tasks, workers: int, seconds: float, tuned_malloc: bool) -> tuple[float, float]:
     """Clips/s of `cv2_load` over `tasks` in a pool of worker processes (after one warm-up pass),
     with the same malloc settings as the tbkeras side, and the CPU ms its workers spent per clip."""
-    from tbkeras.malloc import tune_malloc
-
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=tune_malloc if tuned_malloc else None) as pool:
         pool.map(cv2_load, tasks[:workers * 2])  # warm up the workers
@@ -245,8 +244,6 @@ def main(argv=None) -> dict:
         parser.error(f"--frames must be 'min,max' with 64 <= min <= max, got {args.frames!r}")
 
     if args.malloc == "tuned":  # before TensorFlow starts its threads
-        from tbkeras.malloc import tune_malloc
-
         tune_malloc()
     import tensorflow as tf
     from tbkeras.data import converter, pipelines, splits
