@@ -71,6 +71,7 @@ class AugmentConfig:
             value = getattr(self, field.name)
             if field.name.endswith("_prob") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"AugmentConfig.{field.name} must be in [0, 1], got {value}")
+            # Annotations are strings here (`from __future__ import annotations`).
             if field.type == "Range" and not (len(value) == 2 and value[0] <= value[1]):
                 raise ValueError(f"AugmentConfig.{field.name} must be a (low, high) pair with low <= high, got {value}")
         positive = {"crop_side": self.crop_side[0], "crop_aspect": self.crop_aspect[0], "gamma": self.gamma[0]}
