@@ -86,6 +86,12 @@ flags.DEFINE_float("tclr_weight_invariance", 1.0, "pretrain_ssl: weight of L_I."
 flags.DEFINE_float("tclr_weight_pooled", 1.0, "pretrain_ssl: weight of L_D1.")
 flags.DEFINE_float("tclr_weight_global_local", 1.0, "pretrain_ssl: weight of L_D2.")
 
+# TSTR scoring (stage 3).
+flags.DEFINE_integer("tstr_num_clips", 4, "Evenly spaced clips n per video scored by TSTR (n x n matrices, Eq. 5).")
+flags.DEFINE_integer("tstr_clip_length", 16, "Frames per TSTR clip.")
+flags.DEFINE_integer("tstr_stride", 1, "Frame stride of the TSTR clips.")
+flags.DEFINE_integer("tstr_batch_size", 8, "Videos per TSTR scoring batch.")
+
 # Teacher finetuning and the supervised baseline.
 flags.DEFINE_integer("finetune_batch_size", 8, "Clips per finetuning batch (global).")
 flags.DEFINE_integer("finetune_epochs", 100, "Finetuning epochs.")
@@ -205,6 +211,8 @@ def build_config():
             distill=StudentConfig(teachers=FLAGS.teachers, reweighting=FLAGS.reweighting,
                                   distill_loss=FLAGS.distill_loss, omega_labeled=FLAGS.omega_labeled,
                                   omega_unlabeled=FLAGS.omega_unlabeled)),
+        tstr=recipe.TSTRSettings(num_clips=FLAGS.tstr_num_clips, clip_length=FLAGS.tstr_clip_length,
+                                 stride=FLAGS.tstr_stride, batch_size=FLAGS.tstr_batch_size),
         evaluation=recipe.EvalSettings(num_clips=FLAGS.eval_clips, num_crops=FLAGS.eval_crops,
                                        batch_size=FLAGS.eval_batch_size),
         prepare=prepare,

@@ -111,6 +111,25 @@ class SSLSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TSTRSettings:
+    """TSTR scoring (stage 3, Eq. 5-6): n evenly spaced clips over the whole video, L frames at
+    `stride`, centre crop. Its own settings, not the SSL ones: the paper scores 4 clips of 16
+    consecutive frames (Fig. 4, 4 x 4 matrices) even when a small run pretrains on fewer."""
+
+    num_clips: int = 4
+    clip_length: int = 16
+    stride: int = 1
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.num_clips < 2:
+            raise ValueError(f"tstr num_clips must be >= 2 (s averages pairs of clips), got {self.num_clips}")
+        for name in ("clip_length", "stride", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tstr {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SupervisedSettings:
     """Teacher finetuning and the labels-only baseline."""
 
@@ -153,6 +172,7 @@ class RecipeConfig:
     student: StudentSettings
     model: ModelSettings = ModelSettings()
     evaluation: EvalSettings = EvalSettings()
+    tstr: TSTRSettings = TSTRSettings()
     prepare: PrepareSettings | None = None
     supervised_baseline: bool = False
     strategy: str = "default"
@@ -338,7 +358,8 @@ class Recipe:
     def _tstr(self) -> dict[str, Any]:
         path = stage_dir(self.config, "tstr")
         marker = StageDir(path)
-        identity = {"pretrain_invariant": self._done_config("pretrain_invariant"),
+        identity = {"tstr": dataclasses.asdict(self.config.tstr),
+                    "pretrain_invariant": self._done_config("pretrain_invariant"),
                     "pretrain_distinctive": self._done_config("pretrain_distinctive")}
         done = _finished(path, identity, SCORES_FILE)
         if done is not None:
@@ -348,10 +369,10 @@ class Recipe:
             backbone, head = self._backbone(f"{kind}_backbone"), self._head()
             checkpoints.load_encoder(stage_dir(self.config, f"pretrain_{kind}"), backbone, head)
             encoders[kind] = (backbone, head)
-        ssl = self.config.ssl
+        ts = self.config.tstr
         dataset = pipelines.tstr_dataset(pipelines.TSTRConfig(
-            source=self._source(self.config.data.train_split), batch_size=ssl.batch_size, num_clips=ssl.num_clips,
-            clip_length=ssl.clip_length, pixels=self._pixels(), read=self._read(training=False)))
+            source=self._source(self.config.data.train_split), batch_size=ts.batch_size, num_clips=ts.num_clips,
+            clip_length=ts.clip_length, stride=ts.stride, pixels=self._pixels(), read=self._read(training=False)))
         scores = score_videos(*encoders["invariant"], *encoders["distinctive"], dataset)
         summary = write_scores(os.path.join(path, SCORES_FILE), scores)
         write_tensorboard_summaries(os.path.join(path, "tensorboard"), scores)
