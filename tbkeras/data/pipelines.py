@@ -138,7 +138,8 @@ class StudentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TSTRConfig:
-    """TSTR scoring: n evenly spaced clips of L frames at `stride`, centre crop, no augmentation."""
+    """TSTR scoring: n evenly spaced clips of L frames at `stride`, centre crop, no augmentation.
+    Unlabeled videos are scored too (their label is -1); s itself never uses the label."""
 
     source: VideoSource
     batch_size: int
@@ -453,7 +454,8 @@ def student_dataset(cfg: StudentConfig,
 
 def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """TSTR scoring batches (stage 3), one pass, each video once:
-    {"clips": [B, n, L, S, S, 3] (evenly spaced, centre crop), "video_id": [B]}."""
+    {"clips": [B, n, L, S, S, 3] (evenly spaced, centre crop), "label": int32 [B] (-1 = unlabeled),
+    "video_id": [B]}. The label only groups the scores for the stage's figures and summary."""
     n, length, size = cfg.num_clips, cfg.clip_length, cfg.pixels.crop_size
     sel = _select(cfg.source, cfg.read.check_shards)
 
@@ -462,7 +464,7 @@ def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | No
             tf.size(video["frames"]), num_clips=n, clip_length=length, stride=cfg.stride)
         clips = _shared_crop_clips(video["frames"], indices, seed, None, cfg.pixels)
         return {"clips": tf.ensure_shape(clips, [n, length, size, size, 3]),
-                "video_id": video["video_id"]}
+                "label": video["label"], "video_id": video["video_id"]}
 
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=False)
 

@@ -133,6 +133,8 @@ def test_tstr_each_video_once_at_deterministic_positions(data):
     ids = [v for b in batches for v in _ids(b)]
     assert sorted(ids) == sorted(NUM_FRAMES)
     for batch in batches:
+        assert batch["label"].dtype == np.int32
+        assert list(batch["label"]) == [LABELS[v] for v in _ids(batch)]
         for b, vid in enumerate(_ids(batch)):
             expected = sampling.evenly_spaced_clips(tf.constant(NUM_FRAMES[vid]), num_clips=3, clip_length=4,
                                                     stride=1).numpy()
@@ -234,6 +236,11 @@ def test_video_without_frames_and_unlabeled_video_are_named(data, tmp_path):
                                            pixels=PIX, read=ReadOptions(check_shards=False)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="v_empty"):
         _take(ds, 1)
+
+    write_split(tf_dir, "train", [FakeVideo("ok", 10, label_index=1), FakeVideo("u_nolabel", 10)], num_shards=1)
+    ds = pipelines.tstr_dataset(TSTRConfig(VideoSource(tf_dir), batch_size=2, num_clips=1, clip_length=2, pixels=PIX))
+    batch = _take(ds, 1)[0]  # TSTR scores unlabeled videos too: their label is -1
+    assert dict(zip(_ids(batch), batch["label"].tolist())) == {"ok": 1, "u_nolabel": -1}
 
     write_split(tf_dir, "train", [FakeVideo("u_nolabel", 10)], num_shards=1)
     ds = pipelines.eval_dataset(EvalConfig(VideoSource(tf_dir), batch_size=1, num_clips=1, num_crops=1,
