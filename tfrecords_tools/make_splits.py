@@ -7,6 +7,10 @@ Example (UCF101 split 1, the paper's fractions):
 Writes, for each percentage P in --fractions (and/or K = --per_class):
   {output_dir}/labeled_{P}pct_seed{S}.txt     (or labeled_{K}perclass_seed{S}.txt)
   {output_dir}/unlabeled_{P}pct_seed{S}.txt   (the rest of the train list)
+With --val_fraction=F, first holds out a validation list (whole UCF101/HMDB51 groups when the ids
+carry them, else stratified videos) that no subset contains; pass it to run.py as --val_list and
+choose settings and checkpoints on it, never on the test split:
+  {output_dir}/val_seed{S}.txt
 Lines are copied verbatim from the train list (a Kinetics CSV keeps its header), so every file is in
 the train list's own format and `tbkeras.data.splits.read_video_ids` reads them. Each class keeps
 round(P% of its videos), at least one; for one seed, smaller fractions are subsets of larger ones.
@@ -27,6 +31,8 @@ flags.DEFINE_string("output_dir", None, "Where to write the labeled / unlabeled 
 flags.DEFINE_list("fractions", ["1", "5", "10", "20", "50"], "Labeled percentages of each class.")
 flags.DEFINE_integer("per_class", 0, "Also write a subset with this many labeled videos per class (0: none).")
 flags.DEFINE_integer("seed", 0, "Random seed of the selection.")
+flags.DEFINE_float("val_fraction", 0.0, "Hold out this fraction of the train list (its groups, if any) "
+                   "for validation before drawing the subsets (0 = none).")
 flags.mark_flags_as_required(["train_list", "output_dir"])
 
 
@@ -48,6 +54,14 @@ def main(argv):
             requests.append((_percent_name(percent), {"fraction": percent / 100}))
         if FLAGS.per_class:
             requests.append((f"{FLAGS.per_class}perclass", {"per_class": FLAGS.per_class}))
+        if FLAGS.val_fraction:
+            try:
+                lines, val = splits.validation_split(lines, fraction=FLAGS.val_fraction, seed=FLAGS.seed)
+            except ValueError as e:
+                raise ValueError(f"--val_fraction={FLAGS.val_fraction}: {e}") from None
+            atomic_write_text(os.path.join(FLAGS.output_dir, f"val_seed{FLAGS.seed}.txt"),
+                              splits.format_list_file(header, val))
+            print(f"validation: {len(val)} videos held out of {len(val) + len(lines)}")
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"make_splits: error: {e}")
     num_classes = len({line.class_key for line in lines})

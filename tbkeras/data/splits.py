@@ -28,6 +28,7 @@ import glob
 import io
 import math
 import os
+import re
 from typing import Any, Hashable, Sequence, TypeVar
 
 import numpy as np
@@ -188,6 +189,40 @@ def stratified_subset(
     labeled = [item for i, item in enumerate(items) if i in chosen]
     unlabeled = [item for i, item in enumerate(items) if i not in chosen]
     return labeled, unlabeled
+
+
+_GROUP = re.compile(r"_g(\d+)_c\d+")
+
+
+def group_of(video_id: str) -> int | None:
+    """UCF101-style group number of a video id ("v_Class_g08_c03" -> 8), else None."""
+    match = _GROUP.search(video_id)
+    return int(match.group(1)) if match else None
+
+
+def validation_split(lines: Sequence[ListLine], *, fraction: float, seed: int = 0) -> tuple[list[ListLine], list[ListLine]]:
+    """Carve a validation set off a train list: (rest, validation), both in input order.
+
+    Settings and checkpoints are chosen on it, never on the test split (the official code selected
+    on the test set). When every video id carries a UCF101 group ("_g08_c03": same actor and scene),
+    whole group numbers are held out, round(fraction * groups) of them (at least one, never all),
+    as the official test splits do: clips of one group are near-duplicates, and a validation video
+    whose group is in training would flatter the model. Otherwise the videos are drawn stratified
+    per class (`stratified_subset`).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    groups = [group_of(line.video_id) for line in lines]
+    if lines and all(g is not None for g in groups):
+        numbers = sorted(set(groups))
+        if len(numbers) < 2:
+            raise ValueError(f"the list has {len(numbers)} group(s): need >= 2 to hold one out for validation")
+        k = min(max(1, math.floor(fraction * len(numbers) + 0.5)), len(numbers) - 1)
+        held = {numbers[i] for i in np.random.default_rng(seed).permutation(len(numbers))[:k]}
+        return ([line for line, g in zip(lines, groups) if g not in held],
+                [line for line, g in zip(lines, groups) if g in held])
+    validation, rest = stratified_subset(lines, fraction=fraction, seed=seed)
+    return rest, validation
 
 
 # ----------------------------------------------------------------------------------------- layouts

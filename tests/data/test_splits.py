@@ -158,3 +158,35 @@ def test_stratified_subset_bad_arguments(tmp_path):
 def test_format_list_file_keeps_line_format(tmp_path):
     lines = _train_lines(tmp_path, per_class=(2,))
     assert splits.format_list_file([], lines) == "C0/v_C0_g00_c01.avi 1\nC0/v_C0_g01_c01.avi 1\n"
+
+
+def _grouped_lines(tmp_path, classes=3, groups=10, clips=2):
+    text = "".join(f"C{c}/v_C{c}_g{g:02d}_c{k:02d}.avi {c + 1}\n"
+                   for c in range(classes) for g in range(1, groups + 1) for k in range(1, clips + 1))
+    return splits.read_list_lines(_write(str(tmp_path / "trainlist01.txt"), text))[1]
+
+
+def test_validation_split_holds_out_whole_groups_of_every_class(tmp_path):
+    lines = _grouped_lines(tmp_path)
+    rest, val = splits.validation_split(lines, fraction=0.2, seed=0)
+    held = {splits.group_of(line.video_id) for line in val}
+    assert len(held) == 2  # round(0.2 * 10 groups)
+    assert not held & {splits.group_of(line.video_id) for line in rest}  # no group on both sides
+    assert len(val) == 2 * 3 * 2 and {line.class_key for line in val} == {"C0", "C1", "C2"}
+    assert sorted(rest + val, key=lines.index) == lines and rest == sorted(rest, key=lines.index)
+    assert splits.validation_split(lines, fraction=0.2, seed=0) == (rest, val)
+    assert {splits.group_of(v.video_id) for v in splits.validation_split(lines, fraction=0.2, seed=5)[1]} != held
+    assert len({splits.group_of(v.video_id) for v in splits.validation_split(lines, fraction=0.99)[0]}) == 1  # never all
+
+
+def test_validation_split_without_groups_is_stratified_and_checks_its_fraction(tmp_path):
+    text = "".join(f"C{c}/clip{i}.mp4 {c + 1}\n" for c in range(3) for i in range(10))
+    lines = splits.read_list_lines(_write(str(tmp_path / "plain.txt"), text))[1]
+    rest, val = splits.validation_split(lines, fraction=0.2, seed=0)
+    assert [line.text for line in val] == [line.text for line in splits.stratified_subset(lines, fraction=0.2)[0]]
+    assert sorted(rest + val, key=lines.index) == lines
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="validation fraction"):
+            splits.validation_split(lines, fraction=bad)
+    with pytest.raises(ValueError, match="group"):
+        splits.validation_split(_grouped_lines(tmp_path, groups=1), fraction=0.5)
