@@ -5,8 +5,10 @@ Example (UCF101 split 1, 128-pixel short side, 2 decoding processes):
       --layout=ucf101 --split=train --split_index=1 --output_dir=tfrecords/ucf101 \
       --num_shards=64 --workers=2
 
-Layouts (see tbkeras/data/splits.py): folders | ucf101 | hmdb51 | kinetics400. Rerunning the same
-command resumes: finished shards are kept, the rest are redone. Broken videos are listed in the
+Layouts (see tbkeras/data/splits.py): folders | ucf101 | hmdb51 | kinetics400. The videos are
+dealt to the shards in a pseudo-random order seeded by --shuffle_seed (recorded in the manifest),
+so every shard holds a mix of classes. Rerunning the same command resumes: finished shards are
+kept, the rest are redone. Broken videos are listed in the
 manifest with their reason; a missing split file, an unknown class or an empty tree exits with
 status 1 and a message naming the path.
 """
@@ -32,12 +34,14 @@ flags.DEFINE_integer("num_shards", 8, "Number of shards.")
 flags.DEFINE_integer("workers", 2, "Decoding processes (1 decodes in the main process).")
 flags.DEFINE_integer("max_frames", 0, "Keep at most this many frames per video (0 keeps all).")
 flags.DEFINE_float("min_decoded_fraction", 0.5, "Fail a video that decodes fewer than this fraction of its frames.")
+flags.DEFINE_integer("shuffle_seed", 0, "Seed of the pseudo-random order the videos are dealt to the shards in "
+                     "(split lists are sorted by class); a resumed run must use the same seed to keep its shards.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["videos_dir", "output_dir"])
 
 _FLAG_NAMES = (
     "videos_dir", "output_dir", "layout", "split_dir", "split", "split_index", "short_side", "fps",
-    "jpeg_quality", "num_shards", "workers", "max_frames", "min_decoded_fraction",
+    "jpeg_quality", "num_shards", "workers", "max_frames", "min_decoded_fraction", "shuffle_seed",
 )
 
 
@@ -59,7 +63,7 @@ def main(argv):
         output_dir=FLAGS.output_dir, split=FLAGS.split, num_shards=min(FLAGS.num_shards, len(entries)),
         workers=FLAGS.workers, short_side=FLAGS.short_side, fps=FLAGS.fps, jpeg_quality=FLAGS.jpeg_quality,
         max_frames=FLAGS.max_frames, min_decoded_fraction=FLAGS.min_decoded_fraction,
-        show_progress=FLAGS.progress,
+        shuffle_seed=FLAGS.shuffle_seed, show_progress=FLAGS.progress,
     )
     try:
         summary = converter.convert(entries, classes, config, flags={name: FLAGS[name].value for name in _FLAG_NAMES})

@@ -1,11 +1,16 @@
 """Videos -> sharded TFRecords of JPEG frames, resumable, with a manifest (the library behind
 `tfrecords_tools/build_tfrecords.py`).
 
-How the work is split: video i goes to shard i % num_shards (round-robin, so class-sorted inputs
-spread over all shards). `workers` spawned processes decode + resize + JPEG-encode whole videos
-(`video_io.read_video_jpeg_or_reason`; those processes never import TensorFlow); the parent
-receives the JPEG bytes in order, builds the SequenceExample and writes the shards one after the
-other, each to a temporary name renamed on completion.
+How the work is split: the videos are first put in a seeded pseudo-random order (`shuffle_order`:
+sorted by a SHA-256 of the seed and the video id, so the order depends on nothing but the seed and
+the ids, not on the Python or NumPy version), then video i of that order goes to shard
+i % num_shards (round-robin). Split lists are sorted by class; without the shuffle every shard
+would hold its videos in class order and a reader would see the classes one after the other.
+Shards hold equal counts (within 1) of a random mix of classes, in random order; the seed is
+recorded in the manifest ("shuffle_seed"). `workers` spawned processes decode + resize +
+JPEG-encode whole videos (`video_io.read_video_jpeg_or_reason`; those processes never import
+TensorFlow); the parent receives the JPEG bytes in order, builds the SequenceExample and writes
+the shards one after the other, each to a temporary name renamed on completion.
 
 Resume: after a shard is renamed into place, a sidecar `{shard}.state.json` records a fingerprint
 of what the shard holds (the conversion settings and the exact ordered list of its input videos),
@@ -13,8 +18,11 @@ its byte size, its record count, and its failures and warnings. A shard is *comp
 iff its sidecar exists and has the current fingerprint, and the shard file exists with exactly
 that byte size and exactly that number of well-framed TFRecord records. A rerun skips valid
 shards without touching them, rewrites the others, deletes stale temporaries of the split, then
-writes the manifest from all sidecars. Two conversions of the same split into the same directory
-at once are not supported.
+writes the manifest from all sidecars. Since the fingerprint holds the shard's videos in order, a
+rerun with another `shuffle_seed` (or another video list) redoes every shard whose videos change:
+a completed run never leaves shards of two orders. A run that rewrites shards first deletes the
+split's manifest, which no longer describes them (it is written again at the end). Two
+conversions of the same split into the same directory at once are not supported.
 
 Bad videos (missing, empty, unreadable, zero-frame, truncated) are recorded with their reason in
 the shard's sidecar and the manifest, counted, and skipped; they never stop the run.
@@ -57,6 +65,9 @@ class ConversionConfig:
       jpeg_quality: 1..100.
       max_frames: keep at most this many frames per video; 0 keeps all.
       min_decoded_fraction: see `video_io.DecodeOptions`.
+      shuffle_seed: seed of the order of the videos before they are dealt to the shards
+        (`shuffle_order`); recorded in the manifest. A rerun must use the same seed to keep the
+        shards already written.
       show_progress: draw a tqdm bar (videos/s).
     """
 
@@ -69,6 +80,7 @@ class ConversionConfig:
     jpeg_quality: int = 90
     max_frames: int = 0
     min_decoded_fraction: float = 0.5
+    shuffle_seed: int = 0
     show_progress: bool = True
 
     def decode_options(self) -> video_io.DecodeOptions:
@@ -154,9 +166,20 @@ def shard_is_complete(shard_path: str, fingerprint: str) -> bool:
     return count_records(shard_path) == state.get("num_videos")
 
 
-def assign_shards(entries: Sequence[VideoEntry], num_shards: int) -> list[list[VideoEntry]]:
-    """Round-robin: shard s holds entries s, s + num_shards, ... in input order."""
-    return [list(entries[s::num_shards]) for s in range(num_shards)]
+def shuffle_order(entries: Sequence[VideoEntry], seed: int) -> list[VideoEntry]:
+    """`entries` sorted by SHA-256 of "{seed}/{video_id}": a pseudo-random order that depends only
+    on the seed and the (unique) ids, so a resumed conversion finds the same order."""
+    def key(entry: VideoEntry) -> bytes:
+        return hashlib.sha256(f"{seed}/{entry.video_id}".encode("utf-8")).digest()
+
+    return sorted(entries, key=key)
+
+
+def assign_shards(entries: Sequence[VideoEntry], num_shards: int, seed: int) -> list[list[VideoEntry]]:
+    """Round-robin over `shuffle_order(entries, seed)`: shard s holds videos s, s + num_shards, ...
+    of that order (sizes differ by at most 1)."""
+    order = shuffle_order(entries, seed)
+    return [order[s::num_shards] for s in range(num_shards)]
 
 
 def _fingerprint(config: ConversionConfig, shard_index: int, entries: Sequence[VideoEntry]) -> str:
@@ -260,13 +283,16 @@ def convert(
     start = time.perf_counter()
     tf.io.gfile.makedirs(config.output_dir)
     _remove_stale_temporaries(config)
-    shards = assign_shards(entries, config.num_shards)
+    shards = assign_shards(entries, config.num_shards, config.shuffle_seed)
     paths = [os.path.join(config.output_dir, tfrecord.shard_filename(config.split, s, config.num_shards)) for s in range(config.num_shards)]
     fingerprints = [_fingerprint(config, s, shard) for s, shard in enumerate(shards)]
     pending = [s for s in range(config.num_shards) if not shard_is_complete(paths[s], fingerprints[s])]
 
     options = config.decode_options()
     tasks = [(entry.path, options, config.jpeg_quality) for s in pending for entry in shards[s]]
+    manifest_file = manifest_lib.manifest_path(config.output_dir, config.split)
+    if pending and tf.io.gfile.exists(manifest_file):
+        tf.io.gfile.remove(manifest_file)  # it describes the shards about to be replaced
     frames = failed = 0
     progress = tqdm.tqdm(total=len(tasks), unit="video", desc=f"{config.split} shards", disable=not config.show_progress)
     with progress:
@@ -292,6 +318,7 @@ def convert(
         "num_videos": written,
         "num_failed": len(failures),
         "classes": list(classes),
+        "shuffle_seed": config.shuffle_seed,
         "shards": [
             {"file": os.path.basename(p), "num_videos": state["num_videos"], "video_ids": state["video_ids"]}
             for p, state in zip(paths, states)

@@ -3,6 +3,7 @@
 `{tfrecord_dir}/{split}-manifest.json`:
   {"split": "train", "tool_version": "0.1.0", "num_videos": N (written), "num_failed": F,
    "classes": [names in label-index order],
+   "shuffle_seed": seed of the order the videos were dealt to the shards in (converter.py),
    "shards": [{"file": "train-00000-of-00004.tfrecord", "num_videos": n, "video_ids": [...]}],
    "failures": [{"path", "video_id", "reason"}],
    "warnings": [{"path", "video_id", "reason"}]   (kept videos, e.g. truncated by a few frames),

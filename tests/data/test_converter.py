@@ -1,3 +1,4 @@
+import collections
 import os
 
 import numpy as np
@@ -23,6 +24,18 @@ def _read_shards(tfrecord_dir, split):
     return videos
 
 
+def _shard_records(tfrecord_dir, split="train"):
+    """Per shard (manifest order), its records' (video_id, label_index), in file order."""
+    out = []
+    for path in manifest.shard_paths(tfrecord_dir, split):
+        parsed = [tfrecord.parse_video(r) for r in tf.data.TFRecordDataset(path)]
+        out.append([_Record(p[tfrecord.VIDEO_ID_KEY].numpy().decode(), int(p[tfrecord.LABEL_INDEX_KEY])) for p in parsed])
+    return out
+
+
+_Record = collections.namedtuple("_Record", "video_id label_index")
+
+
 def _entries(tmp_path, count=4, **video_kwargs):
     entries = []
     for i in range(count):
@@ -44,8 +57,9 @@ def test_round_trip_video_to_shard_to_frames(tmp_path):
     assert (summary.num_written, summary.num_failed, summary.shards_written, summary.frames_this_run) == (4, 0, 2, 80)
     loaded = manifest.load_manifest(config.output_dir, "train")
     assert loaded["classes"] == ["C0", "C1"] and loaded["num_videos"] == 4 and loaded["num_failed"] == 0
-    assert [s["video_ids"] for s in loaded["shards"]] == [[entries[0].video_id, entries[2].video_id], [entries[1].video_id, entries[3].video_id]]
-    assert loaded["flags"]["short_side"] == 32
+    assert [s["video_ids"] for s in loaded["shards"]] == [[e.video_id for e in s] for s in converter.assign_shards(entries, 2, 0)]
+    assert [s["video_ids"] for s in loaded["shards"]] == [[r.video_id for r in records] for records in _shard_records(config.output_dir)]
+    assert loaded["flags"]["short_side"] == 32 and loaded["shuffle_seed"] == loaded["flags"]["shuffle_seed"] == 0
     videos = _read_shards(config.output_dir, "train")
     assert sorted(videos) == sorted(e.video_id for e in entries)
     for entry in entries:
@@ -148,8 +162,9 @@ def test_rerun_skips_valid_shards_and_redoes_invalid_ones(tmp_path):
     # Different content settings or a different video list invalidate the shards concerned.
     summary = converter.convert(entries, ["C0", "C1"], _config(tmp_path, num_shards=3, short_side=24))
     assert summary.shards_written == 3
-    summary = converter.convert(entries[:5], ["C0", "C1"], _config(tmp_path, num_shards=3, short_side=24))
-    assert (summary.shards_written, summary.shards_skipped) == (1, 2)  # only shard 2 lost a video
+    last = converter.shuffle_order(entries, 0)[-1]  # dropping the last video of the order changes one shard
+    summary = converter.convert([e for e in entries if e != last], ["C0", "C1"], _config(tmp_path, num_shards=3, short_side=24))
+    assert (summary.shards_written, summary.shards_skipped) == (1, 2)
 
 
 def test_shard_validity_needs_sidecar_with_matching_fingerprint(tmp_path):
@@ -166,10 +181,79 @@ def test_shard_validity_needs_sidecar_with_matching_fingerprint(tmp_path):
 
 def test_assignment_and_validation(tmp_path):
     entries = [VideoEntry(f"{i}.avi", str(i), 0, "a") for i in range(5)]
-    assert [[e.video_id for e in s] for s in converter.assign_shards(entries, 2)] == [["0", "2", "4"], ["1", "3"]]
+    order = [e.video_id for e in converter.shuffle_order(entries, 0)]
+    assert sorted(order) == ["0", "1", "2", "3", "4"] and order != sorted(order)
+    assert [[e.video_id for e in s] for s in converter.assign_shards(entries, 2, 0)] == [order[0::2], order[1::2]]
     with pytest.raises(ValueError, match="num_shards"):
         converter.convert(entries, ["a"], _config(tmp_path, num_shards=6))
     with pytest.raises(ValueError, match="'0' appears twice"):
         converter.convert(entries + entries[:1], ["a"], _config(tmp_path))
     with pytest.raises(ValueError, match="label index 3"):
         converter.convert([VideoEntry("x.avi", "x", 3, "d")], ["a"], _config(tmp_path, num_shards=1))
+
+
+def _class_sorted_entries(num_classes, per_class):
+    """A split list as UCF101's: sorted by class (entries need no file to be assigned to shards)."""
+    return [VideoEntry(f"C{c}/v_C{c}_g{i:02d}.avi", f"v_C{c}_g{i:02d}", c, f"C{c}")
+            for c in range(num_classes) for i in range(per_class)]
+
+
+def test_shards_of_a_class_sorted_list_mix_the_classes():
+    entries = _class_sorted_entries(8, 12)
+    shards = converter.assign_shards(entries, 4, seed=0)
+    assert sorted(e.video_id for s in shards for e in s) == sorted(e.video_id for e in entries)
+    assert [len(s) for s in shards] == [24] * 4
+    for shard in shards:
+        labels = [e.label_index for e in shard]
+        assert labels != sorted(labels)
+        assert len(set(labels[:8])) >= 4  # the first 8 of a shard: 2 classes at most in list order
+        assert len(set(labels)) == 8
+    # Same seed, same shards (a resumed run finds them); the order does not depend on the input's.
+    assert converter.assign_shards(entries, 4, seed=0) == shards
+    assert converter.assign_shards(entries[::-1], 4, seed=0) == shards
+    assert converter.assign_shards(entries, 4, seed=1) != shards
+
+
+def test_shards_are_shuffled_and_a_new_seed_redoes_them(tmp_path):
+    entries = _entries(tmp_path, count=8, num_frames=3)
+    entries.sort(key=lambda e: e.label_index)  # class-sorted, as the split lists are
+    config = _config(tmp_path, num_shards=2)
+    converter.convert(entries, ["C0", "C1"], config)
+    loaded = manifest.load_manifest(config.output_dir, "train")
+    records = _shard_records(config.output_dir)
+    assert loaded["shuffle_seed"] == 0
+    assert [s["video_ids"] for s in loaded["shards"]] == [[r.video_id for r in shard] for shard in records]
+    in_list_order = [[e.video_id for e in entries[s::2]] for s in range(2)]  # round-robin in list order
+    assert [[r.video_id for r in shard] for shard in records] != in_list_order
+
+    # A run with another seed rewrites every shard whose videos change and records the new seed: the
+    # shards and the manifest never mix the two orders.
+    reseeded = _config(tmp_path, num_shards=2, shuffle_seed=5)
+    summary = converter.convert(entries, ["C0", "C1"], reseeded)
+    expected = [[e.video_id for e in s] for s in converter.assign_shards(entries, 2, 5)]
+    assert expected != [s["video_ids"] for s in loaded["shards"]]
+    assert summary.shards_written == sum(a != s["video_ids"] for a, s in zip(expected, loaded["shards"]))
+    loaded = manifest.load_manifest(config.output_dir, "train")
+    assert loaded["shuffle_seed"] == 5
+    assert [s["video_ids"] for s in loaded["shards"]] == expected == [[r.video_id for r in s] for s in _shard_records(config.output_dir)]
+
+    # Same seed again: nothing is redone.
+    summary = converter.convert(entries, ["C0", "C1"], reseeded)
+    assert (summary.shards_written, summary.shards_skipped) == (0, 2)
+
+
+def test_a_run_that_rewrites_shards_removes_the_stale_manifest_first(tmp_path, monkeypatch):
+    entries = _entries(tmp_path, count=4, num_frames=3)
+    config = _config(tmp_path, num_shards=2)
+    converter.convert(entries, ["C0", "C1"], config)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter, "_write_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        converter.convert(entries, ["C0", "C1"], _config(tmp_path, num_shards=2, shuffle_seed=3))
+    assert not os.path.exists(manifest.manifest_path(config.output_dir, "train"))  # it described seed 0's shards
+    monkeypatch.undo()
+    converter.convert(entries, ["C0", "C1"], _config(tmp_path, num_shards=2, shuffle_seed=3))
+    assert manifest.load_manifest(config.output_dir, "train")["shuffle_seed"] == 3

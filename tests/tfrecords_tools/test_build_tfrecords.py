@@ -1,3 +1,4 @@
+import glob
 import os
 import signal
 import subprocess
@@ -6,7 +7,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from tbkeras.data import manifest
+from tbkeras.data import converter, manifest, splits
+from tbkeras.data.splits import VideoEntry
 from tests.data.video_files import write_video
 from tests.tfrecords_tools.cli import run_tool, tool_command, tool_env
 
@@ -46,8 +48,10 @@ def test_resume_after_kill(tmp_path):
     videos, out = tmp_path / "videos", str(tmp_path / "out")
     for i in range(6):
         write_video(str(videos / f"C{i % 2}" / f"v{i}.avi"), seed=i)
-    blocker = str(videos / "C0" / "v0_blocker.avi")  # entry 1 (sorted after v0.avi): shard 1 of 2
+    blocker = str(videos / "C0" / "v0_blocker.avi")
     os.mkfifo(blocker)
+    entries = [VideoEntry(p, splits.video_id_from_path(p), 0, "") for p in glob.glob(str(videos / "*" / "*.avi"))]
+    assert "v0_blocker" in [e.video_id for e in converter.assign_shards(entries, 2, seed=0)[1]]  # in shard 1 of 2
     args = [f"--videos_dir={videos}", f"--output_dir={out}", "--num_shards=2", "--short_side=32"]
     shard0 = os.path.join(out, "train-00000-of-00002.tfrecord")
     process = subprocess.Popen(tool_command("build_tfrecords.py", "--noprogress", *args, "--workers=1"), env=tool_env(), start_new_session=True,
@@ -82,3 +86,4 @@ def test_resume_after_kill(tmp_path):
            for path in manifest.shard_paths(out, "train") for r in tf.data.TFRecordDataset(path)]
     assert sorted(ids) == sorted(sum((s["video_ids"] for s in loaded["shards"]), [])) and len(ids) == 7
     assert loaded["flags"]["workers"] == 2 and loaded["flags"]["num_shards"] == 2
+    assert loaded["shuffle_seed"] == loaded["flags"]["shuffle_seed"] == 0
