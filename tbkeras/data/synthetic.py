@@ -17,7 +17,10 @@ have that property: the two paths trace different L shapes.)
 
 Nuisances, drawn per group ("actor and scene", shared by the clips of a group as in UCF101): shape,
 colour and textured background; per clip: size, orientation, start position, speed (period or
-amplitude), idle time around a composite, motion direction and per-pixel noise.
+amplitude), idle time around a composite, motion direction and per-pixel noise. A group's scene is
+the same in every class (group g of each class shares it), so appearance says nothing about the
+class: a model can only tell classes apart by their motion. (With a scene per class and group, a
+network memorises the training groups' scenes and sits at chance on the unseen test groups.)
 
 Files are written UCF101-style so `build_tfrecords.py --layout=ucf101` converts them:
 `{out}/videos/{Class}/v_{Class}_g{group:02d}_c{clip:02d}.avi` and `{out}/splits/classInd.txt`,
@@ -86,8 +89,9 @@ class SyntheticConfig:
 
     Videos of a class are numbered in groups of `clips_per_group` (UCF101's g/c numbering); the
     first `round(test_fraction * groups)` groups (at least one, never all) form the test split.
-    `period_frames` bounds the integer period of atomic actions (their speed); `noise_std_max` bounds
-    the per-clip standard deviation of the per-pixel (uniform, integer) noise, in 0..255 units.
+    `period_frames` bounds the integer period of atomic actions (their speed); `object_radius` bounds
+    the object's circumradius as a fraction of the frame's short side; `noise_std_max` bounds the
+    per-clip standard deviation of the per-pixel (uniform, integer) noise, in 0..255 units.
     """
 
     num_classes: int = 8
@@ -102,6 +106,7 @@ class SyntheticConfig:
     codec: str = "MJPG"
     extension: str = ".avi"
     period_frames: tuple[int, int] = (8, 16)
+    object_radius: tuple[float, float] = (0.18, 0.26)
     noise_std_max: float = 5.0
 
     def __post_init__(self) -> None:
@@ -132,6 +137,10 @@ class SyntheticConfig:
         low, high = self.period_frames
         if not 2 <= low <= high:
             raise bad("period_frames", "must be (low, high) with 2 <= low <= high")
+        r_low, r_high = self.object_radius
+        if not 0 < r_low <= r_high <= 0.3:
+            raise bad("object_radius", "must be (low, high) with 0 < low <= high <= 0.3 (fractions of "
+                                       "the short side; larger objects leave no room to move)")
         if self.noise_std_max < 0:
             raise bad("noise_std_max", "must be >= 0")
 
@@ -329,7 +338,7 @@ def render_video(action: str | int, rng: np.random.Generator, config: SyntheticC
     if scene is None:
         scene = draw_scene(rng, config)
     T, H, W = config.num_frames, config.height, config.width
-    radius = rng.uniform(0.08, 0.14) * min(H, W)
+    radius = rng.uniform(*config.object_radius) * min(H, W)
     angle0 = rng.uniform(0, 2 * np.pi)
     if spec.kind == ATOMIC:
         pose = _atomic_pose(spec.parts[0], rng, config)
@@ -407,9 +416,9 @@ def video_relpath(class_name: str, group: int, clip: int, extension: str = ".avi
 
 def _video_rngs(config: SyntheticConfig, class_name: str, group: int,
                 clip: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """(scene rng shared by a group, clip rng): depend only on (seed, class, group, clip)."""
+    """(scene rng shared by group `group` of every class, clip rng of (seed, class, group, clip))."""
     class_id = _ACTIONS_BY_NAME[class_name][0]  # stable across num_classes
-    scene = np.random.default_rng([config.seed, class_id, group, 0, 0])
+    scene = np.random.default_rng([config.seed, group, 0, 0])
     clip_rng = np.random.default_rng([config.seed, class_id, group, clip, 1])
     return scene, clip_rng
 
