@@ -36,7 +36,8 @@ from tbkeras.stages.finetune import ClassifierModel, load_pretrained_backbone
 from tbkeras.stages.pretrain import (ContrastiveConfig, DistinctivePretrainer, InvariantPretrainer, LossWeights,
                                      SSLPretrainer)
 from tbkeras.stages.student import StudentConfig, StudentDistiller
-from tbkeras.stages.tstr_scoring import score_videos, write_scores, write_tensorboard_summaries
+from tbkeras.stages.tstr_scoring import (HISTOGRAM_FILE, MATRICES_FILE, score_videos, synthetic_class_kinds,
+                                         write_figures, write_scores, write_tensorboard_summaries)
 from tbkeras.train.stage_dir import StageDir, TrainConfig, fit_stage, is_done, stage_identity
 from tbkeras.train.strategy import get_strategy
 
@@ -361,7 +362,7 @@ class Recipe:
         identity = {"tstr": dataclasses.asdict(self.config.tstr),
                     "pretrain_invariant": self._done_config("pretrain_invariant"),
                     "pretrain_distinctive": self._done_config("pretrain_distinctive")}
-        done = _finished(path, identity, SCORES_FILE)
+        done = _finished(path, identity, SCORES_FILE, HISTOGRAM_FILE, MATRICES_FILE)
         if done is not None:
             return done
         encoders = {}
@@ -373,10 +374,18 @@ class Recipe:
         dataset = pipelines.tstr_dataset(pipelines.TSTRConfig(
             source=self._source(self.config.data.train_split), batch_size=ts.batch_size, num_clips=ts.num_clips,
             clip_length=ts.clip_length, stride=ts.stride, pixels=self._pixels(), read=self._read(training=False)))
-        scores = score_videos(*encoders["invariant"], *encoders["distinctive"], dataset)
-        summary = write_scores(os.path.join(path, SCORES_FILE), scores)
-        write_tensorboard_summaries(os.path.join(path, "tensorboard"), scores)
+        result = score_videos(*encoders["invariant"], *encoders["distinctive"], dataset, keep_matrices=True)
+        class_names = self._class_names()
+        # Only the synthetic demo data knows each class's kind (Fig. 4: repetitive vs order-dependent).
+        kinds = synthetic_class_kinds(class_names) if self.config.prepare is not None else None
+        summary = write_scores(os.path.join(path, SCORES_FILE), result.scores, labels=result.labels,
+                               class_names=class_names, class_kinds=kinds)
+        log_dir = os.path.join(path, "tensorboard")
+        write_tensorboard_summaries(log_dir, result.scores)
+        write_figures(path, result, class_names=class_names, class_kinds=kinds, log_dir=log_dir)
         metrics = {k: summary[k] for k in ("count", "mean", "std", "min", "max")}
+        for kind, stats in summary.get("per_kind", {}).items():
+            metrics[f"{kind}_mean_s"], metrics[f"{kind}_count"] = stats["mean"], stats["count"]
         marker.mark_done(identity, metrics)
         return metrics
 
