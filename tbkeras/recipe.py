@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from tbkeras import export as export_lib
+from tbkeras import figures
 from tbkeras.data import converter, manifest, pipelines, splits, synthetic
 from tbkeras.evaluate import evaluate_classifier, write_evaluation
 from tbkeras.files import atomic_write_text
@@ -496,6 +497,11 @@ class Recipe:
                 checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
                 result = evaluate_classifier(model, dataset, len(class_names), class_names)
                 write_evaluation(os.path.join(path, f"{name.replace(' ', '_')}.json"), result)
+                slug = name.replace(" ", "_")
+                figures.log_png(os.path.join(path, "tensorboard"), f"evaluate/confusion_{slug}",
+                                figures.plot_confusion_matrix(
+                                    os.path.join(path, f"confusion_{slug}.png"), result.confusion, class_names,
+                                    title=f"{name} on '{self.config.data.test_split}': top-1 {100 * result.top1:.1f}%"))
                 metrics[name] = {"top1": result.top1, "top5": result.top5,
                                  "mean_class_accuracy": result.mean_class_accuracy, "videos": result.num_videos}
             atomic_write_text(os.path.join(path, "results.md"), results_table(metrics))
