@@ -5,6 +5,16 @@ each carrying its shard's path for error messages) -> parsed videos (frames stil
 videos of the chosen subset -> shuffled -> one element per video (sample frame indices, decode only
 those frames, crop and augment) -> batches -> prefetch.
 
+Reading order of the training pipelines: split lists are sorted by class, so any stage that keeps
+a run of that order makes windows of the stream hold a few classes. Three stages break it up:
+the converter deals the videos to the shards in a seeded random order (each shard a random mix
+of classes, in random order); every epoch reshuffles the order of the shard files, and the
+records are interleaved one at a time across all the shards read (`ReadOptions.cycle_length`);
+the shuffle buffer holds all the selected videos unless they exceed a byte budget
+(`ReadOptions.shuffle_buffer`, `shuffle_buffer_bytes`), and the stream repeats after the
+shuffle, so each epoch is then a uniform random order of its videos, even on shards written in
+class order (by older converters).
+
 Element structures (images RGB in [0, 1] or mean/std normalised, float32 or bfloat16 as
 `PixelFormat` says; S = crop size):
   ssl_dataset:        {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": [B]}
@@ -69,11 +79,19 @@ class VideoSource:
 class ReadOptions:
     """How records are read.
 
-    shuffle_buffer: videos held for shuffling (each holds all its JPEG frames: mind the memory).
+    shuffle_buffer: videos held for shuffling; 0 (default) = auto: all the videos the pipeline
+      reads, or fewer so that they take about `shuffle_buffer_bytes` (at least 1), logged at INFO.
+      A positive value is an explicit count (each video holds all its JPEG frames).
+    shuffle_buffer_bytes: the auto buffer's budget, against the estimated size of the records.
     seed / deterministic: with `deterministic=True` and a seed, the batches are identical run to
       run (file order, shuffle, sampling and augmentation are all seeded, parallel ops keep order);
       otherwise parallel ops may reorder elements for speed.
-    cycle_length: shards read concurrently.
+    cycle_length: shards read concurrently; 0 (default) = all the shards the pipeline reads, so
+      consecutive records come from different shards. A positive value caps it, for memory and
+      threads: tf.data's parallel interleave keeps about 9 records (whole videos) per unit of
+      cycle length (3 from each open shard, for cycle_length open and 2 x cycle_length opened
+      ahead; measured on TF 2.21) and a thread for each, so with thousands of shards (Kinetics)
+      cap it at a few hundred.
     check_shards: parse the first record of every shard at build time (error naming the shard).
     cache_limit_bytes: a training subset that is less than half its split (e.g. a labeled list)
       and whose records are estimated below this size is cached in memory after its first pass:
@@ -81,12 +99,18 @@ class ReadOptions:
       labeled, ~100 parses per labeled clip). 0 never caches.
     """
 
-    shuffle_buffer: int = 64
+    shuffle_buffer: int = 0
+    shuffle_buffer_bytes: int = 1 << 30
     seed: int | None = None
     deterministic: bool = False
-    cycle_length: int = 8
+    cycle_length: int = 0
     check_shards: bool = True
     cache_limit_bytes: int = 2 << 30
+
+    def __post_init__(self):
+        for name in ("shuffle_buffer", "shuffle_buffer_bytes", "cycle_length"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ReadOptions.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,11 +198,16 @@ class _Selection:
     shard_paths: list[str]
     video_ids: list[str]
     num_split_videos: int
-    selected_bytes: int  # estimated size of the selected records
+    shard_videos: list[int]  # selected videos of each shard of `shard_paths`
+    shard_bytes: list[int]  # estimated size of their records
 
     @property
     def filtered(self) -> bool:
         return len(self.video_ids) < self.num_split_videos
+
+    @property
+    def selected_bytes(self) -> int:
+        return sum(self.shard_bytes)
 
 
 def _select(source: VideoSource, check_shards: bool) -> _Selection:
@@ -186,14 +215,15 @@ def _select(source: VideoSource, check_shards: bool) -> _Selection:
     paths = manifest.shard_paths(source.tfrecord_dir, source.split)
     include = set(splits.read_video_ids(source.include_ids_file)) if source.include_ids_file else None
     exclude = set(splits.read_video_ids(source.exclude_ids_file)) if source.exclude_ids_file else set()
-    kept_paths, kept_ids, all_ids, selected_bytes = [], [], set(), 0
+    kept_paths, kept_ids, all_ids, kept_counts, kept_bytes = [], [], set(), [], []
     for path, shard in zip(paths, m["shards"]):
         all_ids.update(shard["video_ids"])
         ids = [v for v in shard["video_ids"] if (include is None or v in include) and v not in exclude]
         if ids:
             kept_paths.append(path)
             kept_ids.extend(ids)
-            selected_bytes += tf.io.gfile.stat(path).length * len(ids) // len(shard["video_ids"])
+            kept_counts.append(len(ids))
+            kept_bytes.append(tf.io.gfile.stat(path).length * len(ids) // len(shard["video_ids"]))
     where = f"split {source.split!r} of {source.tfrecord_dir}"
     if include is not None and include - all_ids:
         unknown = sorted(include - all_ids)
@@ -205,7 +235,7 @@ def _select(source: VideoSource, check_shards: bool) -> _Selection:
     if check_shards:
         for path in kept_paths:
             _check_shard(path)
-    return _Selection(source, kept_paths, kept_ids, len(all_ids), selected_bytes)
+    return _Selection(source, kept_paths, kept_ids, len(all_ids), kept_counts, kept_bytes)
 
 
 def _check_shard(path: str) -> None:
@@ -252,15 +282,30 @@ def _pipeline_seed(read: ReadOptions, ctx: tf.distribute.InputContext | None) ->
     return read.seed + (ctx.input_pipeline_id if ctx is not None else 0)
 
 
+def shuffle_buffer_size(read: ReadOptions, num_videos: int, num_bytes: int) -> int:
+    """Videos held by the training shuffle buffer of a pipeline reading `num_videos` videos whose
+    records take about `num_bytes`: `read.shuffle_buffer` if positive, otherwise all of them, or
+    `num_videos * read.shuffle_buffer_bytes / num_bytes` (at least 1) if they exceed the budget."""
+    if read.shuffle_buffer > 0:
+        return read.shuffle_buffer
+    if num_bytes <= read.shuffle_buffer_bytes:
+        return max(1, num_videos)
+    return max(1, num_videos * read.shuffle_buffer_bytes // num_bytes)
+
+
 def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext | None,
             training: bool, needs_label: bool) -> tf.data.Dataset:
     """Parsed videos of the selection: dicts of "frames" (JPEG string [N]), "video_id", "label",
-    "shard". Training: shuffled files and videos, repeated forever."""
+    "shard". Training: shard order reshuffled every epoch, records interleaved across all the
+    shards read (or `read.cycle_length` of them), videos shuffled (`shuffle_buffer_size`) within
+    each epoch, epochs repeated forever."""
     paths = sel.shard_paths
+    share = list(range(len(paths)))  # the shards (of `sel`) this pipeline reads
     shard_by_data = False
     if ctx is not None and ctx.num_input_pipelines > 1:
         if len(paths) >= ctx.num_input_pipelines:
-            paths = paths[ctx.input_pipeline_id::ctx.num_input_pipelines]
+            share = share[ctx.input_pipeline_id::ctx.num_input_pipelines]
+            paths = [paths[i] for i in share]
         else:
             logger.warning(
                 "%d shard(s) for %d input pipelines in split %r of %s: sharding by record instead of "
@@ -276,14 +321,13 @@ def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext 
         # stay disjoint; without one, each reads a random share.
         file_seed = read.seed if shard_by_data else seed
         files = files.shuffle(len(paths), seed=file_seed, reshuffle_each_iteration=True)
-        if not cache:  # a cached subset repeats after the cache instead
-            files = files.repeat()
 
     @_graph_fn
     def read_shard(path):
         return tf.data.TFRecordDataset(path).map(lambda record: (path, record))
 
-    records = files.interleave(read_shard, cycle_length=min(read.cycle_length, len(paths)),
+    cycle_length = min(read.cycle_length, len(paths)) if read.cycle_length > 0 else len(paths)
+    records = files.interleave(read_shard, cycle_length=cycle_length,
                                num_parallel_calls=AUTOTUNE, deterministic=read.deterministic or not training)
     if shard_by_data:
         records = records.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -309,9 +353,21 @@ def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext 
     if cache:
         videos = videos.cache()
     if training:
-        videos = videos.shuffle(read.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if cache:
-        videos = videos.repeat()
+        num_videos = sum(sel.shard_videos[i] for i in share)
+        num_bytes = sum(sel.shard_bytes[i] for i in share)
+        if shard_by_data:
+            num_videos = -(-num_videos // ctx.num_input_pipelines)
+            num_bytes //= ctx.num_input_pipelines
+        buffer = shuffle_buffer_size(read, num_videos, num_bytes)
+        logger.info("split %r of %s: shuffle buffer of %d video(s) (%s) of the %d (~%.0f MiB) this "
+                    "pipeline reads from %d shard(s), interleaved %d at a time", sel.source.split,
+                    sel.source.tfrecord_dir, buffer, "ReadOptions.shuffle_buffer" if read.shuffle_buffer
+                    else f"auto, budget {read.shuffle_buffer_bytes / 2**20:.0f} MiB", num_videos,
+                    num_bytes / 2**20, len(paths), cycle_length)
+        # Shuffle, then repeat: an epoch ends when the buffer is empty, so with the whole epoch in
+        # the buffer every epoch is a uniform random order. Repeating first would let the next
+        # epoch's records, in shard order, stream into a buffer they then dominate.
+        videos = videos.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     return videos
 
 
