@@ -41,7 +41,7 @@ flags.DEFINE_integer("num_classes", 0, "Expected class count (0 = read from the 
 flags.DEFINE_integer("crop_size", 112, "Square crop fed to the network.")
 flags.DEFINE_list("normalize_mean", [], "Per-channel mean subtracted from [0,1] RGB pixels (empty = none).")
 flags.DEFINE_list("normalize_std", [], "Per-channel std dividing the pixels (with --normalize_mean).")
-flags.DEFINE_integer("shuffle_buffer", 64, "Videos held in the shuffle buffer.")
+flags.DEFINE_integer("shuffle_buffer", 0, "Videos in the training shuffle buffers; 0 = auto (all videos read, within ~1 GiB).")
 flags.DEFINE_integer("seed", 0, "Seed of the input pipelines.")
 flags.DEFINE_bool("deterministic", False, "Identical batches run to run (slower input).")
 

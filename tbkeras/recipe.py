@@ -82,7 +82,7 @@ class DataSettings:
     crop_size: int = 112
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    shuffle_buffer: int = 64
+    shuffle_buffer: int = 0  # videos in the training shuffle buffers; 0 = auto (all, within ReadOptions' byte budget)
     seed: int = 0
     deterministic: bool = False
 
