@@ -37,12 +37,17 @@ flags.DEFINE_string("tfrecord_dir", "", "Shards + manifests from build_tfrecords
 flags.DEFINE_string("train_split", "train", "Split name of the training shards.")
 flags.DEFINE_string("test_split", "test", "Split name of the evaluation shards.")
 flags.DEFINE_string("labeled_list", "", "List of the labeled training videos (make_splits.py); the rest is unlabeled.")
+flags.DEFINE_string("val_list", "", "List of training videos held out for validation (make_splits.py --val_fraction): "
+                    "no stage trains on them; evaluate reports them beside the test split. Choose settings on "
+                    "them, never on the test split.")
 flags.DEFINE_integer("num_classes", 0, "Expected class count (0 = read from the manifest; else checked against it).")
 flags.DEFINE_integer("crop_size", 112, "Square crop fed to the network.")
 flags.DEFINE_list("normalize_mean", [], "Per-channel mean subtracted from [0,1] RGB pixels (empty = none).")
 flags.DEFINE_list("normalize_std", [], "Per-channel std dividing the pixels (with --normalize_mean).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Videos in the training shuffle buffers; 0 = auto (all videos read, within ~1 GiB).")
 flags.DEFINE_integer("seed", 0, "Seed of the input pipelines.")
+flags.DEFINE_list("ssl_crop_side", ["0.5", "1.0"], "SSL random resized crop: side range, fraction of the frame's.")
+flags.DEFINE_list("crop_side", ["0.4", "1.0"], "Finetuning/student random resized crop: side range, fraction of the frame's.")
 flags.DEFINE_bool("deterministic", False, "Identical batches run to run (slower input).")
 
 # Demo data (prepare_data stage).
@@ -53,6 +58,8 @@ flags.DEFINE_integer("synthetic_videos_per_class", 40, "Videos per class of the 
 flags.DEFINE_integer("synthetic_frames", 64, "Frames per synthetic video.")
 flags.DEFINE_integer("synthetic_size", 96, "Height and width of the synthetic videos.")
 flags.DEFINE_float("labeled_fraction", 0.2, "Labeled fraction of the synthetic training set (stratified).")
+flags.DEFINE_float("val_fraction", 0.0, "Fraction of the synthetic training groups held out for validation (0 = none).")
+flags.DEFINE_float("synthetic_test_fraction", 0.28, "Fraction of the synthetic groups in the test split.")
 flags.DEFINE_integer("prepare_workers", 2, "Processes generating and converting the synthetic videos.")
 
 # Model.
@@ -61,6 +68,9 @@ flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier (e.g. 0.25
 flags.DEFINE_integer("projection_dim", 128, "Projection head output size.")
 flags.DEFINE_integer("projection_hidden_dim", 512, "Projection head hidden size.")
 flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
+flags.DEFINE_enum("strided_conv", "auto", ["auto", "native", "subsample"],
+                  "Strided Conv3D in training: native, or stride 1 + subsampling (faster gradient on some CPUs); "
+                  "same outputs. auto = subsample without a GPU/TPU.")
 
 # Optimisation, shared by the stages.
 flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warmup, in epochs.")
@@ -144,6 +154,15 @@ def _triple(name: str):
     return floats
 
 
+def _range(name: str):
+    values = getattr(FLAGS, name)
+    try:
+        low, high = (float(v) for v in values)
+    except ValueError:
+        raise app.UsageError(f"--{name}={','.join(values)}: expected two numbers low,high") from None
+    return low, high
+
+
 def build_config():
     """The `RecipeConfig` the flags describe (imports the library only now, after flag parsing)."""
     from tbkeras import recipe
@@ -172,11 +191,16 @@ def build_config():
             synthetic=SyntheticConfig(num_classes=FLAGS.synthetic_classes,
                                       videos_per_class=FLAGS.synthetic_videos_per_class,
                                       num_frames=FLAGS.synthetic_frames, height=FLAGS.synthetic_size,
-                                      width=FLAGS.synthetic_size, seed=FLAGS.seed),
-            labeled_fraction=FLAGS.labeled_fraction, short_side=FLAGS.synthetic_size,
+                                      width=FLAGS.synthetic_size, test_fraction=FLAGS.synthetic_test_fraction,
+                                      seed=FLAGS.seed),
+            labeled_fraction=FLAGS.labeled_fraction, val_fraction=FLAGS.val_fraction,
+            short_side=FLAGS.synthetic_size,
             workers=FLAGS.prepare_workers, seed=FLAGS.seed)
         tfrecord_dir = tfrecord_dir or prepare.tfrecord_dir
         labeled_list = labeled_list or prepare.labeled_list
+        val_list = FLAGS.val_list or prepare.val_list
+    else:
+        val_list = FLAGS.val_list
     if not tfrecord_dir:
         raise app.UsageError("--tfrecord_dir is required (or --synthetic_dir for the demo dataset)")
     mean, std = _triple("normalize_mean"), _triple("normalize_std")
@@ -187,12 +211,13 @@ def build_config():
         model_dir=FLAGS.model_dir,
         data=recipe.DataSettings(
             tfrecord_dir=tfrecord_dir, train_split=FLAGS.train_split, test_split=FLAGS.test_split,
-            labeled_list=labeled_list, num_classes=FLAGS.num_classes, crop_size=FLAGS.crop_size, mean=mean,
-            std=std, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed, deterministic=FLAGS.deterministic),
+            labeled_list=labeled_list, val_list=val_list, num_classes=FLAGS.num_classes, crop_size=FLAGS.crop_size,
+            mean=mean, std=std, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed,
+            deterministic=FLAGS.deterministic, ssl_crop_side=_range("ssl_crop_side"), crop_side=_range("crop_side")),
         model=recipe.ModelSettings(
             backbone=FLAGS.backbone, width_multiplier=FLAGS.width_multiplier,
             projection_hidden_dim=FLAGS.projection_hidden_dim, projection_dim=FLAGS.projection_dim,
-            dropout=FLAGS.dropout),
+            dropout=FLAGS.dropout, strided_conv=FLAGS.strided_conv),
         ssl=recipe.SSLSettings(
             train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
             clip_length=FLAGS.ssl_clip_length,
@@ -249,8 +274,13 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:  # bad input: say what and where, no traceback
         sys.exit(f"error: {e}")
     if "evaluate" in results:
-        print(f"\nTop-1 on the '{config.data.test_split}' split ({config.model_dir}/evaluate/results.md):\n")
-        print(recipe.results_table(results["evaluate"]))
+        print(f"\nTop-1 ({config.model_dir}/evaluate/results.md):\n")
+        print(recipe.results_table(results["evaluate"], config.data.test_split))
+    if "tstr" in results and results["tstr"].get("repetitive_mean_s") is not None:
+        t = results["tstr"]
+        print(f"TSTR mean s: repetitive classes {t['repetitive_mean_s']:.3f} ({t['repetitive_count']} videos), "
+              f"order-dependent classes {t['order_mean_s']:.3f} ({t['order_count']} videos); "
+              f"figures in {config.model_dir}/tstr/\n")
     for stage, metrics in results.items():
         logging.info("%s: %s", stage, metrics)
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tbkeras import export as export_lib
 from tbkeras import figures
-from tbkeras.data import converter, manifest, pipelines, splits, synthetic
+from tbkeras.data import augment, converter, manifest, pipelines, splits, synthetic
 from tbkeras.evaluate import evaluate_classifier, write_evaluation
 from tbkeras.files import atomic_write_text
 from tbkeras.models import ProjectionHead, r3d18, r3d50
@@ -47,6 +47,7 @@ STAGES = ("prepare_data", "pretrain_invariant", "pretrain_distinctive", "pretrai
 BACKBONES = ("r3d18", "r3d50")
 TEACHER_KINDS = ("invariant", "distinctive")
 SCORES_FILE = "tstr_scores.json"
+VAL_SPLIT = "val"  # how evaluation names the validation videos (held out of the training split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class PrepareSettings:
     root: str
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
     labeled_fraction: float = 0.2
+    val_fraction: float = 0.0  # > 0: hold out train groups as a validation list (settings are chosen on it)
     short_side: int = 64
     num_shards: int = 4
     workers: int = 2
@@ -69,6 +71,10 @@ class PrepareSettings:
     def labeled_list(self) -> str:
         return os.path.join(self.root, "splits", f"labeled_{round(self.labeled_fraction * 100)}pct_seed{self.seed}.txt")
 
+    @property
+    def val_list(self) -> str:
+        return os.path.join(self.root, "splits", f"val_seed{self.seed}.txt") if self.val_fraction else ""
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
@@ -78,6 +84,7 @@ class DataSettings:
     train_split: str = "train"
     test_split: str = "test"
     labeled_list: str = ""  # video-id list of the labeled subset; "" = every training video is labeled
+    val_list: str = ""  # video-id list held out of the train split for validation; "" = none
     num_classes: int = 0  # 0 = from the manifest; otherwise checked against it
     crop_size: int = 112
     mean: tuple[float, float, float] | None = None
@@ -85,6 +92,18 @@ class DataSettings:
     shuffle_buffer: int = 0  # videos in the training shuffle buffers; 0 = auto (all, within ReadOptions' byte budget)
     seed: int = 0
     deterministic: bool = False
+    # Random resized crop: side as a fraction of the frame's (official code: 0.5-1 for SSL, 0.4-1
+    # for finetuning and the student). Small objects need larger crops to stay in view.
+    ssl_crop_side: tuple[float, float] = augment.STRONG.crop_side
+    crop_side: tuple[float, float] = augment.WEAK.crop_side
+
+    @property
+    def ssl_augment(self) -> augment.AugmentConfig:
+        return dataclasses.replace(augment.STRONG, crop_side=tuple(self.ssl_crop_side))
+
+    @property
+    def augment(self) -> augment.AugmentConfig:
+        return dataclasses.replace(augment.WEAK, crop_side=tuple(self.crop_side))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +113,7 @@ class ModelSettings:
     projection_hidden_dim: int = 512
     projection_dim: int = 128
     dropout: float = 0.5
+    strided_conv: str = "auto"  # "auto" | "native" | "subsample" (tbkeras.models.r3d_layers)
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
@@ -256,16 +276,26 @@ class Recipe:
         return classes
 
     def _source(self, split: str, *, labeled: bool | None = None) -> pipelines.VideoSource:
-        """A split, or its labeled / unlabeled part (by the labeled list)."""
+        """A split, or its labeled / unlabeled part (by the labeled list); the training split
+        never yields a video of the validation list."""
         data = self.config.data
         listed = data.labeled_list or None
+        held_out = (data.val_list,) if data.val_list and split == data.train_split else ()
         if labeled is None or listed is None:
             if labeled is False:
                 raise ValueError("the student stage needs unlabeled videos: set the labeled list (--labeled_list)")
-            return pipelines.VideoSource(data.tfrecord_dir, split)
+            return pipelines.VideoSource(data.tfrecord_dir, split, exclude_ids_file=held_out or None)
         if labeled:
-            return pipelines.VideoSource(data.tfrecord_dir, split, include_ids_file=listed)
-        return pipelines.VideoSource(data.tfrecord_dir, split, exclude_ids_file=listed)
+            return pipelines.VideoSource(data.tfrecord_dir, split, include_ids_file=listed,
+                                         exclude_ids_file=held_out or None)
+        return pipelines.VideoSource(data.tfrecord_dir, split, exclude_ids_file=(listed, *held_out))
+
+    def _val_source(self) -> pipelines.VideoSource | None:
+        """The validation videos (from the training shards), or None without a validation list."""
+        data = self.config.data
+        if not data.val_list:
+            return None
+        return pipelines.VideoSource(data.tfrecord_dir, data.train_split, include_ids_file=data.val_list)
 
     def _pixels(self) -> pipelines.PixelFormat:
         # Under mixed_bfloat16 the first layer casts clips to bfloat16 anyway: the pipelines emit
@@ -287,8 +317,9 @@ class Recipe:
     def _backbone(self, name: str) -> keras.Model:
         m = self.config.model
         if m.backbone == "r3d18":
-            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, name=name)
-        return r3d50(width_multiplier=m.width_multiplier, name=name)
+            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, strided_conv=m.strided_conv,
+                         name=name)
+        return r3d50(width_multiplier=m.width_multiplier, strided_conv=m.strided_conv, name=name)
 
     def _head(self) -> ProjectionHead:
         m = self.config.model
@@ -322,6 +353,10 @@ class Recipe:
             counts[f"{split}_videos"] = summary.num_written
             counts[f"{split}_failed"] = summary.num_failed
         header, lines = splits.read_list_lines(os.path.join(video_root, "splits", "trainlist01.txt"))
+        if prep.val_fraction:
+            lines, val = splits.validation_split(lines, fraction=prep.val_fraction, seed=prep.seed)
+            atomic_write_text(prep.val_list, splits.format_list_file(header, val))
+            counts["val_videos"] = len(val)
         labeled, _ = splits.stratified_subset(lines, fraction=prep.labeled_fraction, seed=prep.seed)
         atomic_write_text(prep.labeled_list, splits.format_list_file(header, labeled))
         counts["labeled_videos"] = len(labeled)
@@ -340,8 +375,8 @@ class Recipe:
             model = model_cls(self._backbone(f"{stage}_backbone"), self._head(), **_pretrainer_kwargs(model_cls, ssl))
         dataset = self._distributed(pipelines.ssl_dataset, pipelines.SSLConfig(
             source=self._source(self.config.data.train_split), batch_size=ssl.batch_size,
-            num_clips=ssl.num_clips, clip_length=ssl.clip_length, views=views, pixels=self._pixels(),
-            read=self._read()))
+            num_clips=ssl.num_clips, clip_length=ssl.clip_length, views=views, augment=self.config.data.ssl_augment,
+            pixels=self._pixels(), read=self._read()))
         result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
         checkpoints.save_encoder(path, model.backbone, model.head)
         return result.metrics
@@ -404,7 +439,8 @@ class Recipe:
                 load_pretrained_backbone(model, pretrain_dir)
         dataset = self._distributed(pipelines.supervised_dataset, pipelines.SupervisedConfig(
             source=self._source(self.config.data.train_split, labeled=True), batch_size=settings.batch_size,
-            clip_length=settings.clip_length, stride=settings.stride, pixels=self._pixels(), read=self._read()))
+            clip_length=settings.clip_length, stride=settings.stride, augment=self.config.data.augment,
+            pixels=self._pixels(), read=self._read()))
         return fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity).metrics
 
     def _finetune_teachers(self) -> dict[str, Any]:
@@ -454,59 +490,68 @@ class Recipe:
         dataset = self._distributed(pipelines.student_dataset, pipelines.StudentConfig(
             labeled=self._source(train_split, labeled=True), unlabeled=self._source(train_split, labeled=False),
             labeled_batch_size=st.labeled_batch_size, unlabeled_batch_size=st.unlabeled_batch_size,
-            clip_length=st.clip_length, stride=st.stride, scores_file=scores, pixels=self._pixels(),
-            read=self._read()))
+            clip_length=st.clip_length, stride=st.stride, scores_file=scores, augment=self.config.data.augment,
+            pixels=self._pixels(), read=self._read()))
         result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
         checkpoints.save_weights(student, os.path.join(path, checkpoints.CLASSIFIER_WEIGHTS))
         return result.metrics
 
     def _evaluated_models(self) -> dict[str, str]:
-        """{row name: classifier weights file} of every finished classifier stage."""
-        candidates = {
-            "invariant teacher": os.path.join(stage_dir(self.config, "finetune_teachers"), "invariant"),
-            "distinctive teacher": os.path.join(stage_dir(self.config, "finetune_teachers"), "distinctive"),
-            "supervised only": stage_dir(self.config, "supervised"),
-        }
-        found = {name: StageDir(p).final_weights_path for name, p in candidates.items()
-                 if tf.io.gfile.exists(StageDir(p).done_path)}
-        student_weights = os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS)
-        if not tf.io.gfile.exists(StageDir(stage_dir(self.config, "student")).done_path):
-            raise FileNotFoundError(f"stage 'student' has not finished in {stage_dir(self.config, 'student')}: "
-                                    "run --stage=student first (or --stage=all)")
-        found["student"] = student_weights
+        """{row name: classifier weights file} of every finished classifier stage (at least one)."""
+        finetuned = stage_dir(self.config, "finetune_teachers")
+        stages = {"invariant teacher": StageDir(os.path.join(finetuned, "invariant")),
+                  "distinctive teacher": StageDir(os.path.join(finetuned, "distinctive")),
+                  "supervised only": StageDir(stage_dir(self.config, "supervised")),
+                  "student": StageDir(stage_dir(self.config, "student"))}
+        found = {name: (os.path.join(stage.path, checkpoints.CLASSIFIER_WEIGHTS) if name == "student"
+                        else stage.final_weights_path)
+                 for name, stage in stages.items() if tf.io.gfile.exists(stage.done_path)}
+        if not found:
+            raise FileNotFoundError(f"no classifier stage has finished under {self.config.model_dir}: run "
+                                    "--stage=student (or finetune_teachers, supervised) first, or --stage=all")
         return found
 
     def _evaluate(self) -> dict[str, Any]:
         path = stage_dir(self.config, "evaluate")
         marker = StageDir(path)
         weights = self._evaluated_models()
-        identity = {"evaluation": dataclasses.asdict(self.config.evaluation),
+        data = self.config.data
+        identity = {"evaluation": dataclasses.asdict(self.config.evaluation), "val_list": data.val_list,
                     "models": {name: StageDir(os.path.dirname(w)).read_done()["config"] for name, w in weights.items()}}
         if is_done(path, identity):
             metrics = marker.read_done()["metrics"]
         else:
             class_names = self._class_names()
             ev, sup = self.config.evaluation, self.config.finetune
-            dataset = pipelines.eval_dataset(pipelines.EvalConfig(
-                source=self._source(self.config.data.test_split), batch_size=ev.batch_size, num_clips=ev.num_clips,
-                num_crops=ev.num_crops, clip_length=sup.clip_length, stride=sup.stride, pixels=self._pixels(),
-                read=self._read(training=False)))
+            # The validation videos first: settings are chosen on them, the test split only reports.
+            sources = {VAL_SPLIT: self._val_source(), data.test_split: self._source(data.test_split)}
+            datasets = {split: pipelines.eval_dataset(pipelines.EvalConfig(
+                source=source, batch_size=ev.batch_size, num_clips=ev.num_clips, num_crops=ev.num_crops,
+                clip_length=sup.clip_length, stride=sup.stride, pixels=self._pixels(),
+                read=self._read(training=False))) for split, source in sources.items() if source is not None}
             metrics = {}
             for name, weights_file in weights.items():
-                model = self._classifier(len(class_names), name=name.replace(" ", "_"))
-                checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
-                result = evaluate_classifier(model, dataset, len(class_names), class_names)
-                write_evaluation(os.path.join(path, f"{name.replace(' ', '_')}.json"), result)
                 slug = name.replace(" ", "_")
-                figures.log_png(os.path.join(path, "tensorboard"), f"evaluate/confusion_{slug}",
-                                figures.plot_confusion_matrix(
-                                    os.path.join(path, f"confusion_{slug}.png"), result.confusion, class_names,
-                                    title=f"{name} on '{self.config.data.test_split}': top-1 {100 * result.top1:.1f}%"))
-                metrics[name] = {"top1": result.top1, "top5": result.top5,
-                                 "mean_class_accuracy": result.mean_class_accuracy, "videos": result.num_videos}
-            atomic_write_text(os.path.join(path, "results.md"), results_table(metrics))
+                model = self._classifier(len(class_names), name=slug)
+                checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
+                metrics[name] = {}
+                for split, dataset in datasets.items():
+                    result = evaluate_classifier(model, dataset, len(class_names), class_names)
+                    prefix = "" if split == data.test_split else f"{split}_"
+                    write_evaluation(os.path.join(path, f"{prefix}{slug}.json"), result)
+                    figures.log_png(os.path.join(path, "tensorboard"), f"evaluate/{prefix}confusion_{slug}",
+                                    figures.plot_confusion_matrix(
+                                        os.path.join(path, f"{prefix}confusion_{slug}.png"), result.confusion,
+                                        class_names, title=f"{name} on '{split}': top-1 {100 * result.top1:.1f}%"))
+                    scores = {"top1": result.top1, "top5": result.top5,
+                              "mean_class_accuracy": result.mean_class_accuracy, "videos": result.num_videos}
+                    if split == data.test_split:
+                        metrics[name].update(scores)
+                    else:
+                        metrics[name][split] = scores
+            atomic_write_text(os.path.join(path, "results.md"), results_table(metrics, data.test_split))
             marker.mark_done(identity, metrics)
-        logging.info("evaluation on %s:\n%s", self.config.data.test_split, results_table(metrics))
+        logging.info("evaluation:\n%s", results_table(metrics, data.test_split))
         return metrics
 
     def _export(self) -> dict[str, Any]:
@@ -556,10 +601,20 @@ def _pretrainer_kwargs(model_cls: Callable, ssl: SSLSettings) -> dict[str, Any]:
     return {"config": ssl.contrastive}
 
 
-def results_table(metrics: dict[str, dict[str, float]]) -> str:
-    """A Markdown table of the evaluated models' top-1 / top-5 / mean class accuracy."""
-    rows = ["| model | top-1 | top-5 | mean class acc. | videos |", "|---|---:|---:|---:|---:|"]
+def results_table(metrics: dict[str, dict[str, Any]], test_split: str = "test") -> str:
+    """A Markdown table of the evaluated models: validation top-1 (when there is a validation list),
+    then test top-1 / top-5 / mean class accuracy, with the standard error of a top-1 in the caption."""
+    with_val = any(VAL_SPLIT in m for m in metrics.values())
+    head = "| model |" + (" val top-1 |" if with_val else "") + f" {test_split} top-1 | top-5 | mean class acc. |"
+    rows = [head, "|---|" + ("---:|" if with_val else "") + "---:|---:|---:|"]
     for name, m in metrics.items():
-        rows.append(f"| {name} | {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | "
-                    f"{100 * m['mean_class_accuracy']:.1f} | {m['videos']} |")
-    return "\n".join(rows) + "\n"
+        val = f" {100 * m[VAL_SPLIT]['top1']:.1f} |" if with_val else ""
+        rows.append(f"| {name} |{val} {100 * m['top1']:.1f} | {100 * m['top5']:.1f} | "
+                    f"{100 * m['mean_class_accuracy']:.1f} |")
+    counts = []
+    for split, videos in ((VAL_SPLIT, next((m[VAL_SPLIT]["videos"] for m in metrics.values() if VAL_SPLIT in m), 0)),
+                          (test_split, next(iter(metrics.values()))["videos"] if metrics else 0)):
+        if videos:
+            # Binomial standard error of a top-1 near 50%, its largest: sqrt(0.25 / N).
+            counts.append(f"{videos} {split} videos (standard error of a top-1 <= {100 * (0.25 / videos) ** 0.5:.1f} points)")
+    return "\n".join(rows) + "\n\n" + "; ".join(counts) + ".\n"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tbkeras import recipe
+from tbkeras.data import pipelines
 from tbkeras.stages.student import StudentConfig
 from tbkeras.train.stage_dir import TrainConfig
 from tests.data.shard_fixtures import FakeVideo, write_split
@@ -64,12 +65,33 @@ def test_class_count_must_match_the_manifest(tmp_path):
     ("tstr", "pretrain_invariant"),
     ("finetune_teachers", "pretrain_invariant"),
     ("student", "finetune_teachers/invariant"),
-    ("evaluate", "student"),
     ("export", "student"),
 ])
 def test_a_stage_names_the_stage_that_makes_its_inputs(tmp_path, stage, missing):
     with pytest.raises(FileNotFoundError, match=f"stage '{missing}' has not finished.*--stage="):
         recipe.Recipe(_config(tmp_path)).run(stage)
+
+
+def test_evaluate_needs_some_finished_classifier(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no classifier stage has finished.*--stage=student"):
+        recipe.Recipe(_config(tmp_path)).run("evaluate")
+
+
+def test_no_training_source_yields_a_validation_video(tmp_path):
+    write_split(str(tmp_path / "tfrecords"), "train", [FakeVideo(f"v{i}", 20, i % 3) for i in range(9)])
+    (tmp_path / "labeled.txt").write_text("v0\nv1\nv2\n")
+    (tmp_path / "val.txt").write_text("v3\nv4\n")
+    config = _config(tmp_path)
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, labeled_list=str(tmp_path / "labeled.txt"), val_list=str(tmp_path / "val.txt")))
+    runner = recipe.Recipe(config)
+    ids = {name: set(pipelines._select(source, check_shards=False).video_ids) for name, source in (
+        ("all", runner._source("train")), ("labeled", runner._source("train", labeled=True)),
+        ("unlabeled", runner._source("train", labeled=False)), ("val", runner._val_source()))}
+    assert ids["val"] == {"v3", "v4"}
+    assert ids["labeled"] == {"v0", "v1", "v2"} and ids["unlabeled"] == {"v5", "v6", "v7", "v8"}
+    assert ids["all"] == ids["labeled"] | ids["unlabeled"]
+    assert runner._source("test").exclude_files == ()  # the held-out list only narrows the training split
 
 
 def test_student_without_a_labeled_list_has_no_unlabeled_videos(tmp_path):

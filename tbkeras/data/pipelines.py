@@ -65,14 +65,20 @@ class VideoSource:
     """Which videos: the shards of one split, optionally narrowed by video-id list files.
 
     include_ids_file: only these videos (e.g. the labeled list).
-    exclude_ids_file: all but these videos (e.g. the labeled list, to get the unlabeled set).
+    exclude_ids_file: all but these videos (e.g. the labeled list, to get the unlabeled set); a
+      tuple of files excludes the videos of each (e.g. the labeled and the validation lists).
     Lists are read with `tbkeras.data.splits.read_video_ids` (any of the split list formats).
     """
 
     tfrecord_dir: str
     split: str = "train"
     include_ids_file: str | None = None
-    exclude_ids_file: str | None = None
+    exclude_ids_file: str | tuple[str, ...] | None = None
+
+    @property
+    def exclude_files(self) -> tuple[str, ...]:
+        files = self.exclude_ids_file
+        return () if not files else (files,) if isinstance(files, str) else tuple(files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +220,7 @@ def _select(source: VideoSource, check_shards: bool) -> _Selection:
     m = manifest.load_manifest(source.tfrecord_dir, source.split)
     paths = manifest.shard_paths(source.tfrecord_dir, source.split)
     include = set(splits.read_video_ids(source.include_ids_file)) if source.include_ids_file else None
-    exclude = set(splits.read_video_ids(source.exclude_ids_file)) if source.exclude_ids_file else set()
+    exclude = {v for path in source.exclude_files for v in splits.read_video_ids(path)}
     kept_paths, kept_ids, all_ids, kept_counts, kept_bytes = [], [], set(), [], []
     for path, shard in zip(paths, m["shards"]):
         all_ids.update(shard["video_ids"])
