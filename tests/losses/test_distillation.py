@@ -33,27 +33,31 @@ def ref_distillation(p_teacher, p_student, kind, sample_weight=None):
     return float(np.mean(weight * np.asarray(per_example)))
 
 
-def _tolerance(p_teacher, p_student, kind, sample_weight=None):
+def distillation_tolerance(p_teacher, p_student, kind, sample_weight=None, probability_rtol=0.0):
     """assert_allclose keywords: the float32 loss's worst-case error (tests/float32_tolerances.py).
 
-    "l2": a mean of squares (every term >= 0), so bound 1 relative. "kl", "js": bound 6, absolute
-    (a divergence of close distributions is a small difference of large terms); (p + q) / 2 is
-    off by U. Then the mean over the batch of weighted terms >= 0 (bound 1). The plausible bugs
-    tried (a sum over classes, KL(q || p), KL instead of JS, JS without the 1/2, sum(w)
-    normalisation) moved these tests' losses by at least 3000 times this. (A floor of 1e-4 in the
-    logs does not show on these probabilities; the one-hot test catches it.)
+    p_teacher, p_student: [B, C] the exact (float64) probabilities, of which the float32 inputs are
+    off by at most `probability_rtol` relative (0: the same float32 values on both sides).
+    "l2": a mean of squares (every term >= 0): bound 1 relative, plus the inputs' error through
+    the squares. "kl", "js": bound 6, absolute (a divergence of close distributions is a small
+    difference of large terms); (p + q) / 2 adds U. Then the mean over the batch of weighted terms
+    >= 0 (bound 1). The plausible bugs tried (a sum over classes, KL(q || p), KL instead of JS, JS
+    without the 1/2, sum(w) normalisation) moved these tests' losses by at least 3000 times this.
+    (A floor of 1e-4 in the logs does not show on these probabilities; the one-hot test catches it.)
     """
     p = np.asarray(p_teacher, np.float64)
     q = np.asarray(p_student, np.float64)
     batch, classes = p.shape
     max_weight = 1.0 if sample_weight is None else float(np.max(sample_weight))
+    r = probability_rtol
     if kind == "l2":
-        return {"rtol": f32.reduction_rtol(classes + batch + 4), "atol": 0.0}
+        inputs = np.mean(2 * np.abs(p - q) * r * (p + q), axis=-1).max()
+        return {"rtol": f32.reduction_rtol(classes + batch + 4), "atol": max_weight * inputs}
     if kind == "kl":
-        atol = f32.divergence_atol(p, q, 0.0)
+        atol = f32.divergence_atol(p, q, r)
     else:
         m = (p + q) / 2
-        atol = 0.5 * (f32.divergence_atol(p, m, f32.U) + f32.divergence_atol(q, m, f32.U))
+        atol = 0.5 * (f32.divergence_atol(p, m, r + f32.U) + f32.divergence_atol(q, m, r + f32.U))
     return {"rtol": f32.reduction_rtol(batch + 2), "atol": max_weight * atol}
 
 
@@ -71,14 +75,14 @@ def test_matches_reference(kind, weighted):
     got = distillation_loss(p_teacher, p_student, kind=kind, sample_weight=weight)
     assert got.shape == () and keras.backend.standardize_dtype(got.dtype) == "float32"
     want = ref_distillation(p_teacher, p_student, kind, weight)
-    np.testing.assert_allclose(float(got), want, **_tolerance(p_teacher, p_student, kind, weight))
+    np.testing.assert_allclose(float(got), want, **distillation_tolerance(p_teacher, p_student, kind, weight))
 
 
 def test_default_is_l2_and_weights_multiply():
     rng = np.random.default_rng(3)
     p_teacher, p_student = _probabilities(rng, 4, 3), _probabilities(rng, 4, 3)
     plain = float(distillation_loss(p_teacher, p_student))
-    l2_tolerance = _tolerance(p_teacher, p_student, "l2")
+    l2_tolerance = distillation_tolerance(p_teacher, p_student, "l2")
     np.testing.assert_allclose(plain, ref_distillation(p_teacher, p_student, "l2"), **l2_tolerance)
     weight = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
     np.testing.assert_allclose(
@@ -124,7 +128,8 @@ def test_bfloat16_inputs_give_float32():
     assert keras.backend.standardize_dtype(got.dtype) == "float32"
     p64, q64 = tf.cast(p_teacher, tf.float64).numpy(), tf.cast(p_student, tf.float64).numpy()
     want = ref_distillation(p64, q64, "js")
-    np.testing.assert_allclose(float(got), want, **_tolerance(p64, q64, "js"))   # bfloat16 -> float32 is exact
+    # bfloat16 -> float32 is exact: the float32 bound applies.
+    np.testing.assert_allclose(float(got), want, **distillation_tolerance(p64, q64, "js"))
 
 
 def test_bad_arguments_are_named():
