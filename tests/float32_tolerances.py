@@ -148,9 +148,9 @@ def assert_within(actual, desired, bound, what: str = "") -> None:
     """|actual - desired| <= bound elementwise (bound broadcasts), with the worst element in the message."""
     actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
     excess = np.abs(actual - desired) - np.broadcast_to(np.asarray(bound, np.float64), actual.shape)
-    worst = np.unravel_index(np.argmax(excess), excess.shape) if excess.ndim else ()
     assert actual.shape == desired.shape, f"{what}: shapes {actual.shape} != {desired.shape}"
+    worst = tuple(int(i) for i in np.unravel_index(np.argmax(excess), excess.shape))
     assert excess[worst] <= 0, (
         f"{what}: |actual - desired| exceeds the float32 bound by {excess[worst]:.3g} at {worst}: "
-        f"actual {actual[worst]!r}, desired {desired[worst]!r}"
+        f"actual {float(actual[worst])!r}, desired {float(desired[worst])!r}"
     )
