@@ -106,7 +106,7 @@ def logsumexp_term_atol(max_abs_logit: float, k: int, logit_error: float = 0.0) 
         + U * (max_abs_logit + log_k)                    # + max
         + U * (2 * max_abs_logit + log_k)                # - target
     )
-    return 2 * logit_error + own_rounding
+    return float(2 * logit_error + own_rounding)
 
 
 def contrastive_term_atol(temperature: float, d: int, k: int) -> float:
@@ -122,7 +122,7 @@ def contrastive_loss_atol(temperature: float, d: int, k: int, terms: int, max_we
 
 def softmax_rtol(num_classes: int, logit_range: float) -> float:
     """Bound 5: relative error of every float32 softmax probability, logits spread over `logit_range`."""
-    return U * logit_range + FUNCTION_ULPS * EPS + (num_classes - 1) * U + U
+    return float(U * logit_range + FUNCTION_ULPS * EPS + (num_classes - 1) * U + U)
 
 
 def divergence_atol(p, q, probability_rtol: float, floor: float = 1e-7) -> float:

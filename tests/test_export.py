@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tbkeras import export
+from tests import float32_tolerances as f32
 
 
 def _tiny_classifier(num_classes=3, size=16):
@@ -29,8 +30,13 @@ def test_saved_model_matches_keras_model(tmp_path):
     out = served.signatures["serving_default"](clips=tf.constant(clips))
     normalised = (clips - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
     expected = model(normalised, training=False).numpy()
-    np.testing.assert_allclose(out["logits"].numpy(), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, rtol=1e-5)
+    # The SavedModel's graph (its own normalisation, maybe other kernels) vs eager Keras: estimate 7
+    # of tests/float32_tolerances.py. Skipping the normalisation, or std for mean, is O(1) off.
+    np.testing.assert_allclose(out["logits"].numpy(), expected, **f32.network_tolerance(expected))
+    # A softmax of 3 (bound 5), then numpy's float32 sum of 3 probabilities.
+    logit_range = np.ptp(out["logits"].numpy(), axis=-1).max()
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0,
+                               rtol=f32.softmax_rtol(3, logit_range) + f32.reduction_rtol(3))
     np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(-1))
     assert list(export.load_class_names(path)) == ["a", "b", "c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]
@@ -47,7 +53,8 @@ def test_jpeg_signature_centre_crops_like_numpy(tmp_path):
     out = served.signatures["serve_jpeg"](frames=jpegs)
     decoded = np.stack([tf.io.decode_jpeg(_jpeg(f)).numpy() for f in frames]).astype(np.float32) / 255.0
     expected = model(decoded[None, :, :, 4:20, :], training=False).numpy()
-    np.testing.assert_allclose(out["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    # The same JPEG decoder on both sides; the graph's / 255 and network vs eager: estimate 7.
+    np.testing.assert_allclose(out["logits"].numpy(), expected, **f32.network_tolerance(expected))
 
 
 def test_class_name_count_mismatch_is_an_error(tmp_path):
