@@ -17,7 +17,7 @@ class order (by older converters).
 
 Element structures (images RGB in [0, 1] or mean/std normalised, float32 or bfloat16 as
 `PixelFormat` says; S = crop size):
-  ssl_dataset:        {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": [B]}
+  ssl_dataset:        {"local": [B, V, n, L, S, S, 3], "global": [B, V, G, S, S, 3], "video_id": [B]}
   supervised_dataset: {"clip": [B, T, S, S, 3], "label": int32 [B], "video_id": [B]}
   student_dataset:    {"labeled": {"clip", "label", "video_id"[, "score"]},
                        "unlabeled": {"clip", "video_id"[, "score"]}}   ("score" float32 [B])
@@ -121,12 +121,14 @@ class ReadOptions:
 
 @dataclasses.dataclass(frozen=True)
 class SSLConfig:
-    """Self-supervised pretraining: n local clips of L frames + 1 global clip, V views each."""
+    """Self-supervised pretraining: n local clips of L frames + 1 global clip of G frames (None:
+    G = L), V views each."""
 
     source: VideoSource
     batch_size: int
     num_clips: int = 4
     clip_length: int = 16
+    global_clip_length: int | None = None
     views: int = 2
     augment: AugmentConfig | None = augment.STRONG
     pixels: PixelFormat = PixelFormat()
@@ -462,25 +464,31 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
     """SSL pretraining batches (stages 1-2).
 
     Per video: a span of n*L frames from a random start; local clip t = span frames [tL, tL+L),
-    global clip = L frames at stride n over the span (`sampling.ssl_span`). Each of the n+1 clips
+    global clip = G frames (`global_clip_length`, default L) at stride n*L/G over the span
+    (`sampling.ssl_span`). Each of the n+1 clips
     of each of the V views gets its own strong augmentation. Only the span's frames are decoded
     (the global clip's frames are among them).
 
-    Returns: {"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3], "video_id": string [B]}.
+    Returns: {"local": [B, V, n, L, S, S, 3], "global": [B, V, G, S, S, 3], "video_id": string [B]}.
     """
     n, length, views, size = cfg.num_clips, cfg.clip_length, cfg.views, cfg.pixels.crop_size
+    global_length = cfg.global_clip_length or length
     sel = _select(cfg.source, cfg.read.check_shards)
 
     def make(video, seed):
         s = tf.random.experimental.stateless_split(seed, 2)
-        local, global_ = sampling.ssl_span(tf.size(video["frames"]), s[0], num_clips=n, clip_length=length)
-        decoded, rows = _decode(video["frames"], tf.concat([local, global_[None]], axis=0))  # [n+1, L]
+        local, global_ = sampling.ssl_span(tf.size(video["frames"]), s[0], num_clips=n, clip_length=length,
+                                           global_length=global_length)
+        decoded, rows = _decode(video["frames"], tf.concat([tf.reshape(local, [-1]), global_], axis=0))
+        local_rows = tf.reshape(rows[:n * length], [n, length])
+        global_rows = tf.reshape(rows[n * length:], [1, global_length])
         seeds = tf.random.experimental.stateless_split(s[1], 2)
         # Local and global clips are cut separately, so no copy is needed to split them apart.
-        local_clips = augment.augment_clips(decoded, tf.tile(rows[:n], [views, 1]), seeds[0], cfg.augment, cfg.pixels)
-        global_clips = augment.augment_clips(decoded, tf.tile(rows[n:], [views, 1]), seeds[1], cfg.augment, cfg.pixels)
+        local_clips = augment.augment_clips(decoded, tf.tile(local_rows, [views, 1]), seeds[0], cfg.augment, cfg.pixels)
+        global_clips = augment.augment_clips(decoded, tf.tile(global_rows, [views, 1]), seeds[1], cfg.augment,
+                                             cfg.pixels)
         return {"local": tf.reshape(local_clips, [views, n, length, size, size, 3]),
-                "global": tf.reshape(global_clips, [views, length, size, size, 3]),
+                "global": tf.reshape(global_clips, [views, global_length, size, size, 3]),
                 "video_id": video["video_id"]}
 
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=True, needs_label=False)

@@ -35,22 +35,28 @@ def fitting_stride(num_frames: tf.Tensor, clip_length: int, stride: int) -> tf.T
 
 
 def ssl_span(
-    num_frames: tf.Tensor, seed: tf.Tensor, *, num_clips: int = 4, clip_length: int = 16
+    num_frames: tf.Tensor, seed: tf.Tensor, *, num_clips: int = 4, clip_length: int = 16,
+    global_length: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Frames of one SSL sample: a span of `num_clips * clip_length` frames from a random start.
 
     Local clip t is the `clip_length` consecutive frames starting at `t * clip_length` of the span;
-    the global clip is `clip_length` frames at stride `num_clips` over the whole span, so global
-    frames `[t * L / n, (t + 1) * L / n)` fall inside local clip t (the alignment the global-local
-    loss L_D2 relies on).
+    the global clip is `global_length` (default `clip_length`, the official code's) frames evenly
+    strided over the whole span (stride `span / global_length`), so global frames
+    `[t * G / n, (t + 1) * G / n)` fall inside local clip t (the alignment the global-local loss L_D2
+    relies on). A longer global clip keeps more temporal slices through the backbone: L_D2 needs n.
 
     Returns:
-      (local int32 `[num_clips, clip_length]`, global int32 `[clip_length]`), loop-padded.
+      (local int32 `[num_clips, clip_length]`, global int32 `[global_length]`), loop-padded.
     """
     span = num_clips * clip_length
+    global_length = clip_length if global_length is None else global_length
+    if global_length < 1 or span % global_length or global_length % num_clips:
+        raise ValueError(f"global clip length {global_length} must divide the span num_clips * clip_length = "
+                         f"{span} and be a multiple of num_clips = {num_clips}")
     start = _random_start(num_frames, span, seed)
     local = start + tf.reshape(tf.range(span, dtype=tf.int32), [num_clips, clip_length])
-    global_ = start + num_clips * tf.range(clip_length, dtype=tf.int32)
+    global_ = start + (span // global_length) * tf.range(global_length, dtype=tf.int32)
     return loop_pad(local, num_frames), loop_pad(global_, num_frames)
 
 

@@ -6,8 +6,9 @@
 - `SSLPretrainer`: the full TCLR objective w_I L_I + w_D1 L_D1 + w_D2 L_D2 (default 1/1/1), used to
   initialise the student.
 
-Input: one `ssl_dataset` element `{"local": [B, V, n, L, S, S, 3], "global": [B, V, L, S, S, 3]}`.
-All clips (B*V*n local, plus B*V global when a term needs them) go through the backbone in ONE call.
+Input: one `ssl_dataset` element `{"local": [B, V, n, L, S, S, 3], "global": [B, V, G, S, S, 3]}`.
+All clips (B*V*n local, plus B*V global when a term needs them) go through the backbone in ONE call
+when G = L (the official code); a global clip of its own length G goes through in a second call.
 Augmentation happens in tf.data, never here.
 
 The global clip's `temporal` output has T' slices (R3D-18 with `dilated_layer4` keeps 4 of a
@@ -137,11 +138,18 @@ class SSLPretrainer(StageModel):
             raise ValueError(f"L_D1 needs 2 views of each clip (ssl_dataset views=2), got {num_views}")
 
         clips = ops.reshape(local, (-1,) + clip_shape)                        # [B*V*n, L, S, S, 3]
-        if self._needs_global:
-            clips = ops.concatenate([clips, ops.reshape(global_clip, (-1,) + clip_shape)], axis=0)
-        features = self.backbone(clips, training=training)
+        global_clips = ops.reshape(global_clip, (-1,) + tuple(global_clip.shape[2:]))  # [B*V, G, S, S, 3]
         num_local = batch * num_views * n
-        z_local = self.head(features["pooled"][:num_local], training=training)
+        if self._needs_global and global_clip.shape[2] == local.shape[3]:
+            features = self.backbone(ops.concatenate([clips, global_clips], axis=0), training=training)
+            pooled_local, pooled_global = features["pooled"][:num_local], features["pooled"][num_local:]
+            temporal_global = features["temporal"][num_local:]
+        else:
+            pooled_local = self.backbone(clips, training=training)["pooled"]
+            if self._needs_global:
+                features = self.backbone(global_clips, training=training)
+                pooled_global, temporal_global = features["pooled"], features["temporal"]
+        z_local = self.head(pooled_local, training=training)
         dim = z_local.shape[-1]
         z_local = ops.reshape(z_local, (batch, num_views, n, dim))            # [B, V, n, d]
 
@@ -149,7 +157,7 @@ class SSLPretrainer(StageModel):
         if w.invariance > 0:
             z_inv = z_local
             if cfg.global_clip_as_timestamp:
-                z_global = self.head(features["pooled"][num_local:], training=training)
+                z_global = self.head(pooled_global, training=training)
                 z_inv = ops.concatenate([z_local, ops.reshape(z_global, (batch, num_views, 1, dim))], axis=2)
             terms["loss_i"] = _mean([
                 temporal_invariance_loss(z_inv[:, v], temperature=cfg.temperature, denominator=cfg.denominator,
@@ -159,7 +167,7 @@ class SSLPretrainer(StageModel):
             terms["loss_d1"] = temporal_distinctiveness_loss(
                 z_local[:, 0], z_local[:, 1], temperature=cfg.temperature, denominator=cfg.denominator)
         if w.global_local > 0:
-            slices = pool_time(features["temporal"][num_local:], n)           # [B*V, n, C]
+            slices = pool_time(temporal_global, n)                             # [B*V, n, C]
             z_slices = ops.reshape(self.head(slices, training=training), (batch, num_views, n, dim))
             terms["loss_d2"] = _mean([
                 global_local_loss(z_slices[:, v], z_local[:, v], temperature=cfg.temperature)

@@ -58,6 +58,16 @@ def test_ssl_shapes_and_frame_alignment(data):
             np.testing.assert_array_equal(local[1], local[0])  # no augmentation: views agree
 
 
+def test_ssl_global_clip_of_its_own_length(data):
+    cfg = SSLConfig(VideoSource(data["dir"]), batch_size=2, num_clips=2, clip_length=4, global_clip_length=8,
+                    views=2, augment=None, pixels=PIX, read=SEEDED)
+    for batch in _take(pipelines.ssl_dataset(cfg), 2):
+        assert batch["local"].shape == (2, 2, 2, 4, S, S, 3) and batch["global"].shape == (2, 2, 8, S, S, 3)
+        for b, vid in enumerate(_ids(batch)):
+            local, global_ = frame_indices(batch["local"][b]), frame_indices(batch["global"][b])
+            np.testing.assert_array_equal(global_[0], (local[0, 0, 0] + np.arange(8)) % NUM_FRAMES[vid])
+
+
 def test_ssl_strong_views_differ_and_stay_in_range(data):
     cfg = SSLConfig(VideoSource(data["dir"]), batch_size=2, num_clips=2, clip_length=4, pixels=PIX, read=SEEDED)
     batch = _take(pipelines.ssl_dataset(cfg), 1)[0]

@@ -59,6 +59,20 @@ def test_ssl_span_matches_reference_and_aligns(num_frames):
         assert starts == {0}
 
 
+def test_ssl_global_clip_of_its_own_length_stays_aligned():
+    n, length, glen = 4, 8, 16  # the global clip: 16 frames at stride 2 over the 32-frame span
+    local, global_ = sampling.ssl_span(tf.constant(100), _seed(3), num_clips=n, clip_length=length,
+                                       global_length=glen)
+    local, global_ = local.numpy(), global_.numpy()
+    start = local[0, 0]
+    np.testing.assert_array_equal(global_, start + 2 * np.arange(glen))
+    for k in range(glen):
+        assert global_[k] in local[k * n // glen]  # slice t of the global clip lies in local clip t
+    for bad in (12, 6, 0):  # must divide the span and be a multiple of n
+        with pytest.raises(ValueError, match="global clip length"):
+            sampling.ssl_span(tf.constant(100), _seed(0), num_clips=n, clip_length=length, global_length=bad)
+
+
 def test_ssl_loop_pads_short_video():
     local, global_ = sampling.ssl_span(tf.constant(20), _seed(0), num_clips=4, clip_length=16)
     flat = local.numpy().reshape(-1)

@@ -55,10 +55,12 @@ def _global_slices(model, global_clips, n):
     return z.reshape(global_clips.shape[:2] + (n, z.shape[-1]))
 
 
-def test_batched_terms_equal_losses_on_individually_projected_clips():
-    """The one-call batching (reshape of [B, V, n] clips) keeps videos, views and timestamps apart."""
+@pytest.mark.parametrize("global_frames", [None, 2 * tiny.FRAMES], ids=["one_call", "longer_global_clip"])
+def test_batched_terms_equal_losses_on_individually_projected_clips(global_frames):
+    """The one-call batching (reshape of [B, V, n] clips) keeps videos, views and timestamps apart;
+    so does the second call that a global clip of its own length takes."""
     model = SSLPretrainer(tiny.backbone(), tiny.head(), weights=LossWeights(1.0, 2.0, 3.0))
-    element = tiny.ssl_element(batch=2, views=2, n=2)
+    element = tiny.ssl_element(batch=2, views=2, n=2, global_frames=global_frames)
     terms = {k: float(v) for k, v in model.compute_terms(element, training=False).items()}
     z = _projections(model, element["local"])                          # [B, V, n, d]
     slices = _global_slices(model, element["global"], n=2)               # [B, V, n, d]

@@ -36,11 +36,12 @@ def video_ids(batch: int, prefix: str = "v") -> np.ndarray:
     return np.array([f"{prefix}{i:03d}".encode() for i in range(batch)])
 
 
-def ssl_element(batch: int = 2, views: int = 2, n: int = 2, frames: int = FRAMES, seed: int = 0) -> dict:
+def ssl_element(batch: int = 2, views: int = 2, n: int = 2, frames: int = FRAMES, seed: int = 0,
+                global_frames: int | None = None) -> dict:
     rng = np.random.default_rng(seed)
     return {
         "local": rng.random((batch, views, n, frames, SIZE, SIZE, 3), dtype=np.float32),
-        "global": rng.random((batch, views, frames, SIZE, SIZE, 3), dtype=np.float32),
+        "global": rng.random((batch, views, global_frames or frames, SIZE, SIZE, 3), dtype=np.float32),
         "video_id": video_ids(batch),
     }
 
