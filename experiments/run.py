@@ -45,7 +45,8 @@ flags.DEFINE_integer("crop_size", 112, "Square crop fed to the network.")
 flags.DEFINE_list("normalize_mean", [], "Per-channel mean subtracted from [0,1] RGB pixels (empty = none).")
 flags.DEFINE_list("normalize_std", [], "Per-channel std dividing the pixels (with --normalize_mean).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Videos in the training shuffle buffers; 0 = auto (all videos read, within ~1 GiB).")
-flags.DEFINE_integer("seed", 0, "Seed of the input pipelines.")
+flags.DEFINE_integer("seed", 0, "Seed of the input pipelines, of every stage's weight initialisation and of the "
+                     "synthetic labeled/validation subsets.")
 flags.DEFINE_list("ssl_crop_side", ["0.5", "1.0"], "SSL random resized crop: side range, fraction of the frame's.")
 flags.DEFINE_list("crop_side", ["0.4", "1.0"], "Finetuning/student random resized crop: side range, fraction of the frame's.")
 flags.DEFINE_bool("deterministic", False, "Identical batches run to run (slower input).")
@@ -60,6 +61,7 @@ flags.DEFINE_integer("synthetic_size", 96, "Height and width of the synthetic vi
 flags.DEFINE_float("labeled_fraction", 0.2, "Labeled fraction of the synthetic training set (stratified).")
 flags.DEFINE_float("val_fraction", 0.0, "Fraction of the synthetic training groups held out for validation (0 = none).")
 flags.DEFINE_float("synthetic_test_fraction", 0.28, "Fraction of the synthetic groups in the test split.")
+flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic videos themselves (--seed varies the rest).")
 flags.DEFINE_integer("prepare_workers", 2, "Processes generating and converting the synthetic videos.")
 
 # Model.
@@ -84,6 +86,8 @@ flags.DEFINE_string("log_every", "epoch", "TensorBoard update frequency: 'epoch'
 flags.DEFINE_integer("ssl_batch_size", 8, "Videos per SSL batch (global).")
 flags.DEFINE_integer("ssl_num_clips", 4, "Clips (timestamps) n per video.")
 flags.DEFINE_integer("ssl_clip_length", 16, "Frames per SSL clip.")
+flags.DEFINE_integer("ssl_global_clip_length", 0, "Frames of the global clip of L_D2, spread over the n local clips "
+                     "(0 = --ssl_clip_length, the paper's); it must keep n temporal slices through the backbone.")
 flags.DEFINE_integer("ssl_epochs", 100, "SSL pretraining epochs.")
 flags.DEFINE_integer("ssl_steps_per_epoch", 100, "SSL steps per epoch.")
 flags.DEFINE_float("ssl_lr", 1e-3, "Adam learning rate of SSL pretraining.")
@@ -128,6 +132,8 @@ flags.DEFINE_float("omega_unlabeled", 100.0, "Weight of D on unlabeled clips.")
 flags.DEFINE_integer("eval_clips", 10, "Uniformly spaced clips per test video.")
 flags.DEFINE_integer("eval_crops", 3, "Spatial crops per clip: 3 (paper) or 1 (centre, official code).")
 flags.DEFINE_integer("eval_batch_size", 2, "Videos per evaluation batch.")
+flags.DEFINE_list("evaluate_models", [], "Classifiers the evaluate stage scores: invariant, distinctive, supervised, "
+                  "student (empty = every one that has finished).")
 
 
 def _profile_batch(text: str):
@@ -192,7 +198,7 @@ def build_config():
                                       videos_per_class=FLAGS.synthetic_videos_per_class,
                                       num_frames=FLAGS.synthetic_frames, height=FLAGS.synthetic_size,
                                       width=FLAGS.synthetic_size, test_fraction=FLAGS.synthetic_test_fraction,
-                                      seed=FLAGS.seed),
+                                      seed=FLAGS.synthetic_seed),
             labeled_fraction=FLAGS.labeled_fraction, val_fraction=FLAGS.val_fraction,
             short_side=FLAGS.synthetic_size,
             workers=FLAGS.prepare_workers, seed=FLAGS.seed)
@@ -220,7 +226,7 @@ def build_config():
             dropout=FLAGS.dropout, strided_conv=FLAGS.strided_conv),
         ssl=recipe.SSLSettings(
             train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
-            clip_length=FLAGS.ssl_clip_length,
+            clip_length=FLAGS.ssl_clip_length, global_clip_length=FLAGS.ssl_global_clip_length,
             contrastive=ContrastiveConfig(temperature=FLAGS.temperature, denominator=FLAGS.denominator,
                                           gather_negatives=FLAGS.gather_negatives,
                                           global_clip_as_timestamp=FLAGS.global_clip_as_timestamp),
@@ -239,7 +245,7 @@ def build_config():
         tstr=recipe.TSTRSettings(num_clips=FLAGS.tstr_num_clips, clip_length=FLAGS.tstr_clip_length,
                                  stride=FLAGS.tstr_stride, batch_size=FLAGS.tstr_batch_size),
         evaluation=recipe.EvalSettings(num_clips=FLAGS.eval_clips, num_crops=FLAGS.eval_crops,
-                                       batch_size=FLAGS.eval_batch_size),
+                                       batch_size=FLAGS.eval_batch_size, models=tuple(FLAGS.evaluate_models)),
         prepare=prepare,
         supervised_baseline=FLAGS.supervised_baseline,
         strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus,

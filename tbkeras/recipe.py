@@ -47,6 +47,9 @@ STAGES = ("prepare_data", "pretrain_invariant", "pretrain_distinctive", "pretrai
 BACKBONES = ("r3d18", "r3d50")
 TEACHER_KINDS = ("invariant", "distinctive")
 SCORES_FILE = "tstr_scores.json"
+# Classifier stages the evaluate stage can score: short name -> row name of the results table.
+EVALUATED = {"invariant": "invariant teacher", "distinctive": "distinctive teacher", "supervised": "supervised only",
+             "student": "student"}
 VAL_SPLIT = "val"  # how evaluation names the validation videos (held out of the training split)
 
 
@@ -128,6 +131,7 @@ class SSLSettings:
     batch_size: int = 8
     num_clips: int = 4
     clip_length: int = 16
+    global_clip_length: int = 0  # 0 = clip_length (the paper's); L_D2 needs n temporal slices of it
     contrastive: ContrastiveConfig = ContrastiveConfig()
     tclr_weights: LossWeights = LossWeights()  # pretrain_ssl only
 
@@ -178,9 +182,18 @@ class StudentSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
+    """Multi-view evaluation; `models` picks the evaluated classifiers by short name (`EVALUATED`),
+    () = every classifier stage that has finished."""
+
     num_clips: int = 10
     num_crops: int = 3
     batch_size: int = 2
+    models: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in EVALUATED]
+        if unknown:
+            raise ValueError(f"unknown evaluated model(s) {unknown}; valid: {', '.join(EVALUATED)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +260,8 @@ class Recipe:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES + ('all',))}")
         keras.config.set_dtype_policy(self.config.mixed_precision)
+        # Every stage draws its initial weights (and dropout masks) from the run's seed.
+        keras.utils.set_random_seed(self.config.data.seed)
         return {stage: getattr(self, f"_{stage}")()}
 
     def _train(self, train: TrainConfig) -> TrainConfig:
@@ -261,9 +276,14 @@ class Recipe:
                 f"stage {stage!r} has not finished in {stage_path}: run --stage={stage} first (or --stage=all)")
         return marker.read_done()["config"]
 
-    def _identity(self, **parts: Any) -> dict[str, Any]:
-        """What defines a training stage besides its TrainConfig: the data, the model and `parts`."""
-        return {"data": dataclasses.asdict(self.config.data), "model": dataclasses.asdict(self.config.model), **parts}
+    def _identity(self, *, uses_labels: bool = True, **parts: Any) -> dict[str, Any]:
+        """What defines a training stage besides its TrainConfig: the data, the model and `parts`.
+        A stage that reads no label (SSL) does not depend on the labeled list, so one pretraining
+        serves every labeled fraction."""
+        data = dataclasses.asdict(self.config.data)
+        if not uses_labels:
+            del data["labeled_list"]
+        return {"data": data, "model": dataclasses.asdict(self.config.model), **parts}
 
     def _class_names(self) -> list[str]:
         """Class names from the train manifest, checked against the configured class count."""
@@ -366,7 +386,7 @@ class Recipe:
     def _pretrain(self, stage: str, model_cls: Callable, extra: dict, views: int = 2) -> dict[str, Any]:
         ssl = self.config.ssl
         train = self._train(ssl.train)
-        identity = self._identity(ssl=_without_train(ssl), **extra)
+        identity = self._identity(uses_labels=False, ssl=_without_train(ssl), **extra)
         path = stage_dir(self.config, stage)
         done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)
         if done is not None:
@@ -375,7 +395,8 @@ class Recipe:
             model = model_cls(self._backbone(f"{stage}_backbone"), self._head(), **_pretrainer_kwargs(model_cls, ssl))
         dataset = self._distributed(pipelines.ssl_dataset, pipelines.SSLConfig(
             source=self._source(self.config.data.train_split), batch_size=ssl.batch_size,
-            num_clips=ssl.num_clips, clip_length=ssl.clip_length, views=views, augment=self.config.data.ssl_augment,
+            num_clips=ssl.num_clips, clip_length=ssl.clip_length, global_clip_length=ssl.global_clip_length or None,
+            views=views, augment=self.config.data.ssl_augment,
             pixels=self._pixels(), read=self._read()))
         result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
         checkpoints.save_encoder(path, model.backbone, model.head)
@@ -497,15 +518,22 @@ class Recipe:
         return result.metrics
 
     def _evaluated_models(self) -> dict[str, str]:
-        """{row name: classifier weights file} of every finished classifier stage (at least one)."""
+        """{row name: classifier weights file} of the finished classifier stages to evaluate."""
         finetuned = stage_dir(self.config, "finetune_teachers")
-        stages = {"invariant teacher": StageDir(os.path.join(finetuned, "invariant")),
-                  "distinctive teacher": StageDir(os.path.join(finetuned, "distinctive")),
-                  "supervised only": StageDir(stage_dir(self.config, "supervised")),
+        stages = {"invariant": StageDir(os.path.join(finetuned, "invariant")),
+                  "distinctive": StageDir(os.path.join(finetuned, "distinctive")),
+                  "supervised": StageDir(stage_dir(self.config, "supervised")),
                   "student": StageDir(stage_dir(self.config, "student"))}
-        found = {name: (os.path.join(stage.path, checkpoints.CLASSIFIER_WEIGHTS) if name == "student"
-                        else stage.final_weights_path)
-                 for name, stage in stages.items() if tf.io.gfile.exists(stage.done_path)}
+        wanted = self.config.evaluation.models
+        for name in wanted:
+            if not tf.io.gfile.exists(stages[name].done_path):
+                stage = "finetune_teachers" if name in TEACHER_KINDS else name
+                raise FileNotFoundError(f"stage {stage!r} has not finished in {stages[name].path}: run "
+                                        f"--stage={stage} first (or --stage=all)")
+        found = {EVALUATED[name]: (os.path.join(stage.path, checkpoints.CLASSIFIER_WEIGHTS) if name == "student"
+                                   else stage.final_weights_path)
+                 for name, stage in stages.items()
+                 if (name in wanted if wanted else tf.io.gfile.exists(stage.done_path))}
         if not found:
             raise FileNotFoundError(f"no classifier stage has finished under {self.config.model_dir}: run "
                                     "--stage=student (or finetune_teachers, supervised) first, or --stage=all")
