@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tbkeras.evaluate import evaluate_classifier, metrics_from_probabilities, predict_videos, write_evaluation
+from tests import float32_tolerances as f32
 
 
 def _reference(probabilities, labels, num_classes):
@@ -81,10 +82,19 @@ def test_view_averaged_softmax_over_a_dataset():
     dataset = tf.data.Dataset.from_tensor_slices(
         {"views": views, "label": labels, "video_id": [f"v{i}" for i in range(5)]}).batch(2)
     probabilities, got_labels, ids = predict_videos(model, dataset)
-    kernel, bias = dense.get_weights()
-    logits = views.mean(axis=(2, 3, 4)) @ kernel + bias              # [5, 6, C]
+    kernel, bias = (w.astype(np.float64) for w in dense.get_weights())
+    mean_colour = views.astype(np.float64).mean(axis=(2, 3, 4))      # [5, 6, 3], float64 reference
+    logits = mean_colour @ kernel + bias                              # [5, 6, C]
     per_view = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    np.testing.assert_allclose(probabilities, per_view.mean(axis=1), rtol=1e-5)
+    # float32 bounds (tests/float32_tolerances.py): the mean of 32 values >= 0 (32 U relative,
+    # bound 1) then 3 weights and a bias (4 U) give each logit's error; a probability moves by
+    # twice that, relative (bound 5 adds the softmax's rounding), and its mean over 6 views by 6 U.
+    # The softmax of the mean logits instead of the mean of the softmaxes is 2700 times this off.
+    logit_error = (32 + 4) * f32.U * (mean_colour @ np.abs(kernel)) + 4 * f32.U * np.abs(bias)
+    view_rtol = 2 * logit_error.max(-1) + f32.softmax_rtol(4, np.ptp(logits, axis=-1).max())  # [5, 6]
+    video_rtol = view_rtol.max(-1, keepdims=True) + f32.reduction_rtol(6)                    # [5, 1]
+    expected = per_view.mean(axis=1)
+    f32.assert_within(probabilities, expected, video_rtol * expected, "view-averaged probabilities")
     np.testing.assert_array_equal(got_labels, labels)
     assert ids == [f"v{i}" for i in range(5)]
     result = evaluate_classifier(model, dataset, 4)
