@@ -113,7 +113,9 @@ flags.DEFINE_integer("finetune_steps_per_epoch", 100, "Finetuning steps per epoc
 flags.DEFINE_float("finetune_lr", 1e-3, "Adam learning rate of finetuning.")
 flags.DEFINE_integer("clip_length", 8, "Frames per clip for finetuning, student and evaluation.")
 flags.DEFINE_integer("clip_stride", 2, "Frame stride of those clips.")
-flags.DEFINE_bool("supervised_baseline", False, "Also train a labels-only classifier from scratch (stage 'supervised').")
+flags.DEFINE_bool("supervised_baseline", False, "Also train a labels-only classifier (stage 'supervised').")
+flags.DEFINE_enum("supervised_init", "random", ["random", "ssl"], "The labels-only classifier starts from random "
+                  "weights (paper Table 3 a) or from pretrain_ssl (the student alone, Table 2 a).")
 
 # Student.
 flags.DEFINE_integer("labeled_batch_size", 4, "Labeled clips per student batch (global).")
@@ -247,7 +249,7 @@ def build_config():
         evaluation=recipe.EvalSettings(num_clips=FLAGS.eval_clips, num_crops=FLAGS.eval_crops,
                                        batch_size=FLAGS.eval_batch_size, models=tuple(FLAGS.evaluate_models)),
         prepare=prepare,
-        supervised_baseline=FLAGS.supervised_baseline,
+        supervised_baseline=FLAGS.supervised_baseline, supervised_init=FLAGS.supervised_init,
         strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus,
         mixed_precision=FLAGS.mixed_precision,
     )

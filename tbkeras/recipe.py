@@ -210,6 +210,7 @@ class RecipeConfig:
     tstr: TSTRSettings = TSTRSettings()
     prepare: PrepareSettings | None = None
     supervised_baseline: bool = False
+    supervised_init: str = "random"  # "random": labels only (Table 3 a); "ssl": pretrain_ssl finetuned (Table 2 a)
     strategy: str = "default"
     tpu: str = ""
     num_gpus: int = 0
@@ -226,7 +227,8 @@ def stages_for_all(config: RecipeConfig) -> list[str]:
     for stage in STAGES:
         if stage == "prepare_data" and config.prepare is None:
             continue
-        if stage == "pretrain_ssl" and config.student.init == "random":
+        if stage == "pretrain_ssl" and config.student.init == "random" and not (
+                config.supervised_baseline and config.supervised_init == "ssl"):
             continue
         if stage == "tstr" and not config.student.distill.needs_scores:
             continue
@@ -475,8 +477,13 @@ class Recipe:
         return metrics
 
     def _supervised(self) -> dict[str, Any]:
-        identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init="random")
-        return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune, None)
+        init = self.config.supervised_init
+        if init not in ("random", "ssl"):
+            raise ValueError(f"supervised_init must be 'random' or 'ssl', got {init!r}")
+        upstream = {"pretrain_ssl": self._done_config("pretrain_ssl")} if init == "ssl" else {}
+        identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init=init, **upstream)
+        return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune,
+                                    stage_dir(self.config, "pretrain_ssl") if init == "ssl" else None)
 
     def _teacher(self, kind: str, num_classes: int) -> ClassifierModel:
         teacher = self._classifier(num_classes, name=f"{kind}_teacher")

@@ -72,9 +72,24 @@ def test_a_stage_names_the_stage_that_makes_its_inputs(tmp_path, stage, missing)
         recipe.Recipe(_config(tmp_path)).run(stage)
 
 
+def test_labels_only_from_the_ssl_checkpoint_needs_pretrain_ssl(tmp_path):
+    config = dataclasses.replace(_config(tmp_path), supervised_init="ssl", supervised_baseline=True)
+    assert "pretrain_ssl" in recipe.stages_for_all(dataclasses.replace(
+        config, student=dataclasses.replace(config.student, init="random")))
+    with pytest.raises(FileNotFoundError, match="stage 'pretrain_ssl' has not finished"):
+        recipe.Recipe(config).run("supervised")
+    with pytest.raises(ValueError, match="supervised_init"):
+        recipe.Recipe(dataclasses.replace(config, supervised_init="imagenet")).run("supervised")
+
+
 def test_evaluate_needs_some_finished_classifier(tmp_path):
     with pytest.raises(FileNotFoundError, match="no classifier stage has finished.*--stage=student"):
         recipe.Recipe(_config(tmp_path)).run("evaluate")
+    picked = dataclasses.replace(_config(tmp_path), evaluation=recipe.EvalSettings(models=("supervised",)))
+    with pytest.raises(FileNotFoundError, match="stage 'supervised' has not finished"):
+        recipe.Recipe(picked).run("evaluate")
+    with pytest.raises(ValueError, match="unknown evaluated model"):
+        recipe.EvalSettings(models=("teacher",))
 
 
 def test_no_training_source_yields_a_validation_video(tmp_path):
