@@ -83,6 +83,19 @@ def metrics_from_probabilities(probabilities, labels, num_classes: int,
     )
 
 
+def view_averaged_probabilities(model: keras.Model, views: tf.Tensor) -> tf.Tensor:
+    """The video prediction: the softmax of every view, averaged over the views of each video.
+
+    `views` `[B, V, T, S, S, 3]` (V = K*C, static) -> float32 `[B, C]`; all B*V views go through
+    `model` (clips -> logits, training=False) in one call. Shared by `predict_videos` and the
+    export's whole-video signature, so both average exactly alike.
+    """
+    num_views = views.shape[1]
+    flat = ops.reshape(views, (-1,) + tuple(views.shape[2:]))          # [B*K*C, T, S, S, 3]
+    p = ops.softmax(ops.cast(model(flat, training=False), "float32"))
+    return ops.mean(ops.reshape(p, (-1, num_views, p.shape[-1])), axis=1)
+
+
 def predict_videos(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """View-averaged softmax of every video: (probabilities [N, C], labels [N], video ids [N]).
 
@@ -90,10 +103,7 @@ def predict_videos(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.nda
     """
     @tf.function(reduce_retracing=True)
     def video_probabilities(views):
-        num_views = views.shape[1]
-        flat = ops.reshape(views, (-1,) + tuple(views.shape[2:]))          # [B*K*C, T, S, S, 3]
-        p = ops.softmax(ops.cast(model(flat, training=False), "float32"))
-        return ops.mean(ops.reshape(p, (-1, num_views, p.shape[-1])), axis=1)
+        return view_averaged_probabilities(model, views)
 
     probabilities, labels, video_ids = [], [], []
     for element in dataset:

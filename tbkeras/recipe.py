@@ -601,10 +601,14 @@ class Recipe:
         student = self._classifier(len(class_names), name="student")
         checkpoints.load_weights_verified(
             student, os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS), what="student weights")
-        data, st = self.config.data, self.config.student
+        data, ev, sup = self.config.data, self.config.evaluation, self.config.finetune
+        # serve_video takes the evaluation's views; predict.py decodes files as the converter did.
+        conversion = manifest.load_manifest(data.tfrecord_dir, data.train_split)["flags"]
         export_lib.export_classifier(student, export_dir, export_lib.ExportConfig(
-            clip_length=st.clip_length, crop_size=data.crop_size, mean=data.mean, std=data.std,
-            class_names=tuple(class_names)))
+            clip_length=sup.clip_length, crop_size=data.crop_size, mean=data.mean, std=data.std,
+            class_names=tuple(class_names), num_clips=ev.num_clips, num_crops=ev.num_crops, stride=sup.stride,
+            short_side=int(conversion.get("short_side", 0)), fps=float(conversion.get("fps", 0.0)),
+            jpeg_quality=int(conversion.get("jpeg_quality", 90))))
         metrics = {"export_dir": export_dir, "num_classes": len(class_names)}
         marker.mark_done(identity, metrics)
         return metrics

@@ -214,7 +214,8 @@ def crop_boxes(seed: tf.Tensor, num_clips: int, frame_h, frame_w, config: Augmen
 
 
 def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, pixels: PixelFormat,
-               config: AugmentConfig | None = None, seed: tf.Tensor | None = None) -> tf.Tensor:
+               config: AugmentConfig | None = None, seed: tf.Tensor | None = None,
+               jit_compile: bool = True) -> tf.Tensor:
     """Cut clips with the given boxes, then (with `config`) colour-augment and erase each.
 
     Args:
@@ -224,13 +225,16 @@ def crop_clips(frames: tf.Tensor, frame_ids: tf.Tensor, boxes: tf.Tensor, pixels
       pixels: output size, normalisation and dtype.
       config, seed: the augmentation past the crop and its stateless seed (`[2]`); None for
         evaluation views and centre crops.
+      jit_compile: fuse the pass after the resize with XLA (`_finisher`). False gives the same
+        ops unfused, for graphs that must run without XLA's JIT: an exported SavedModel, which TF
+        Serving runs with XLA:CPU off unless `--xla_cpu_compilation_enabled` is given.
     Returns:
       `[C, T, S, S, 3]` of `pixels.dtype`, in [0, 1] or normalised.
     """
     if config is not None and seed is None:
         raise ValueError("crop_clips with an augmentation config needs a seed")
     seed = tf.zeros([2], tf.int64) if seed is None else seed
-    return _finish(_resize_clips(frames, frame_ids, boxes, pixels.crop_size), seed, config, pixels)
+    return _finish(_resize_clips(frames, frame_ids, boxes, pixels.crop_size), seed, config, pixels, jit_compile)
 
 
 # --------------------------------------------------------------------------- colour and erasing
@@ -409,7 +413,7 @@ def _num_draws(config: AugmentConfig | None) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _finisher(config: AugmentConfig | None, pixels: PixelFormat, gamma: bool = False):
+def _finisher(config: AugmentConfig | None, pixels: PixelFormat, gamma: bool = False, jit_compile: bool = True):
     """One XLA-compiled function per (augmentation, output format): (the C resized clips in
     0..255, uniforms `[C, _num_draws(config)]`) -> colour, clamp, erase, scale and normalise, which
     XLA fuses into about one pass over the pixels (then `_to_bfloat16` if that is the dtype).
@@ -417,9 +421,10 @@ def _finisher(config: AugmentConfig | None, pixels: PixelFormat, gamma: bool = F
     Unfused, each of these is a separate memory-bound TensorFlow op over `[C, T, S, S, 3]` floats,
     plus dozens of tiny ops building the parameters; see BENCHMARKS.md for what fusing saves.
     Shapes are static (clips and crop size), so each pipeline compiles it once (~1-2 s).
+    `jit_compile=False`: the same function as plain TensorFlow ops (for exported graphs).
     """
 
-    @tf.function(jit_compile=True, autograph=False)
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def finish(clips: list[tf.Tensor], u: tf.Tensor) -> tf.Tensor:
         clips = tf.stack(clips)
         if config is None:
@@ -457,14 +462,15 @@ def _bfloat16_bits(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.bitwise.right_shift(rounded, shift), tf.uint16)
 
 
-def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None, pixels: PixelFormat) -> tf.Tensor:
+def _finish(clips: list[tf.Tensor], seed: tf.Tensor, config: AugmentConfig | None, pixels: PixelFormat,
+            jit_compile: bool = True) -> tf.Tensor:
     u = _uniforms(seed, len(clips), _num_draws(config))
     if config is None:
-        return _finisher(None, pixels)(clips, u)
+        return _finisher(None, pixels, jit_compile=jit_compile)(clips, u)
     # Two compiled variants, so the pow runs only in calls where some clip drew the gamma.
     return tf.cond(_gamma_drawn(u, config),
-                   lambda: _finisher(config, pixels, gamma=True)(clips, u),
-                   lambda: _finisher(config, pixels, gamma=False)(clips, u))
+                   lambda: _finisher(config, pixels, True, jit_compile)(clips, u),
+                   lambda: _finisher(config, pixels, False, jit_compile)(clips, u))
 
 
 def augment_clips(frames: tf.Tensor, frame_ids: tf.Tensor, seed: tf.Tensor,

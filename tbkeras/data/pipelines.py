@@ -539,21 +539,56 @@ def tstr_dataset(cfg: TSTRConfig, input_context: tf.distribute.InputContext | No
     return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=False, needs_label=False)
 
 
+def clip_views(frames: tf.Tensor, indices: tf.Tensor, num_crops: int, pixels: PixelFormat,
+               jit_compile: bool = True) -> tf.Tensor:
+    """The evaluation's views of given clips: the one preprocessing that evaluation, every serving
+    signature of `tbkeras.export` and so `experiments/predict.py` share.
+
+    Only the frames the clips use are JPEG-decoded; each clip is then cut under each of the
+    `num_crops` boxes of `augment.eval_crop_boxes` (squares of the short side: centre, or start,
+    centre, end of the long side), resized to S x S (bilinear, no antialiasing) and scaled and
+    normalised as `pixels` says (`augment.crop_clips`).
+
+    Args:
+      frames: string `[N]`, one JPEG per frame (frames of one video share a size).
+      indices: int `[K, T]` with static K, the frames of each clip.
+      num_crops: C, 1 or 3.
+      pixels: crop size S, mean/std, dtype.
+      jit_compile: False for graphs that must run without XLA (exported SavedModels).
+    Returns:
+      `[K*C, T, S, S, 3]`; view k*C + c is clip k under crop c.
+    """
+    k = indices.shape[0]
+    decoded, rows = _decode(frames, indices)
+    boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], num_crops)
+    return augment.crop_clips(decoded, tf.repeat(rows, num_crops, axis=0), tf.tile(boxes, [k, 1]), pixels,
+                              jit_compile=jit_compile)
+
+
+def video_views(frames: tf.Tensor, *, num_clips: int, num_crops: int, clip_length: int, stride: int,
+                pixels: PixelFormat, jit_compile: bool = True) -> tf.Tensor:
+    """The K x C evaluation views of one whole video: K evenly spaced clips of `clip_length` frames
+    at `stride` (`sampling.evenly_spaced_clips`), each under C crops (`clip_views`).
+
+    `frames`: string `[N]` JPEGs, any N >= 1. Returns `[K*C, T, S, S, 3]`.
+    """
+    indices = sampling.evenly_spaced_clips(
+        tf.size(frames), num_clips=num_clips, clip_length=clip_length, stride=stride)
+    return clip_views(frames, indices, num_crops, pixels, jit_compile=jit_compile)
+
+
 def eval_dataset(cfg: EvalConfig, input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Multi-view evaluation batches, one pass: {"views": [B, K*C, T, S, S, 3], "label": int32 [B],
     "video_id": [B]}; view k*C + c is clip k (evenly spaced) under crop c (short side resized to S,
-    then C squares along the long side: start, centre, end; or the centre)."""
+    then C squares along the long side: start, centre, end; or the centre). See `video_views`."""
     k, c, length, size = cfg.num_clips, cfg.num_crops, cfg.clip_length, cfg.pixels.crop_size
     augment.eval_crop_boxes(1, 1, c)  # rejects a bad num_crops at build time
     sel = _select(cfg.source, cfg.read.check_shards)
 
     def make(video, seed):
         del seed
-        indices = sampling.evenly_spaced_clips(
-            tf.size(video["frames"]), num_clips=k, clip_length=length, stride=cfg.stride)
-        decoded, rows = _decode(video["frames"], indices)
-        boxes = augment.eval_crop_boxes(tf.shape(decoded)[1], tf.shape(decoded)[2], c)
-        views = augment.crop_clips(decoded, tf.repeat(rows, c, axis=0), tf.tile(boxes, [k, 1]), cfg.pixels)
+        views = video_views(video["frames"], num_clips=k, num_crops=c, clip_length=length, stride=cfg.stride,
+                            pixels=cfg.pixels)
         return {"views": tf.ensure_shape(views, [k * c, length, size, size, 3]),
                 "label": video["label"], "video_id": video["video_id"]}
 
