@@ -1,0 +1,212 @@
+"""Serving speed: req/s and p50/p95/p99 latency of batch-1 predict requests, side by side with
+calling the same SavedModel in-process on the same inputs.
+
+    python benchmarks/bench_serving.py                       # demo-sized and full-width R3D-18
+    python benchmarks/bench_serving.py --export_dir=runs/demo/export/student --models=
+
+Models (random weights: speed does not depend on them), exported with `tbkeras.export`:
+- `demo`: the demo's student (experiments/demo.flags): R3D-18 at width 0.25, 32 px, 8 frames.
+- `r3d18_112`: full-width R3D-18 at 112 px, 8 frames, 101 classes.
+Modes per model and concurrency: `in_process` (threads calling `serving_default` directly),
+`server` (experiments/serve.py in its own process, clients on keep-alive connections sending
+TF Serving row-format JSON) and `server_batching` (the same with --enable_batching). Request
+bodies are encoded before the clock starts. Writes benchmarks/results/serving.json.
+"""
+import concurrent.futures
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tbkeras import export  # noqa: E402
+from tbkeras.models import r3d18  # noqa: E402
+from tbkeras.stages.finetune import ClassifierModel  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {  # name: (width multiplier, crop size, classes)
+    "demo": (0.25, 32, 8),
+    "r3d18_112": (1.0, 112, 101),
+}
+
+_MODELS = flags.DEFINE_list("models", ["demo", "r3d18_112"], f"Models to build and export: {sorted(MODELS)}.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Also benchmark this existing export (e.g. the demo's).")
+_CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "8", "32"], "Concurrent clients.")
+_REQUESTS = flags.DEFINE_string(
+    "requests", "demo=48:96:160,r3d18_112=8:16:32,export=48:96:160",
+    "Requests per concurrency level, per model (colon-separated, in --concurrency order).")
+_MODES = flags.DEFINE_list("modes", ["in_process", "server", "server_batching"], "What to measure.")
+_MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", 32, "The batching server's --max_batch_size.")
+_BATCH_TIMEOUT_MICROS = flags.DEFINE_integer("batch_timeout_micros", 5000, "The batching server's batch timeout.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed requests before each measurement.")
+_OUTPUT = flags.DEFINE_string("output", os.path.join(REPO, "benchmarks", "results", "serving.json"), "Results JSON.")
+
+CLIP_LENGTH = 8
+
+
+def _export(name: str, root: str) -> str:
+    width, size, classes = MODELS[name]
+    model = ClassifierModel(r3d18(width_multiplier=width, dilated_layer4=True, name=f"{name}_backbone"), classes,
+                            name=name)
+    model(tf.zeros([1, CLIP_LENGTH, size, size, 3]), training=False)
+    return export.export_classifier(model, os.path.join(root, name),
+                                    export.ExportConfig(clip_length=CLIP_LENGTH, crop_size=size))
+
+
+def _summary(latencies: list[float], wall: float) -> dict:
+    ms = 1000 * np.asarray(latencies)
+    return {"requests": len(latencies), "req_per_s": len(latencies) / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def _run_concurrently(call, inputs: list, concurrency: int) -> dict:
+    """`call(x)` for every input from `concurrency` threads; latency of each call, wall time."""
+    def timed(x):
+        start = time.perf_counter()
+        call(x)
+        return time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for _ in pool.map(lambda x: call(x), inputs[:_WARMUP.value]):
+            pass
+        start = time.perf_counter()
+        latencies = list(pool.map(timed, inputs, timeout=3600))
+        wall = time.perf_counter() - start
+    return _summary(latencies, wall)
+
+
+def _in_process(export_dir: str, clips: list[np.ndarray], concurrency: int) -> dict:
+    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
+    return _run_concurrently(lambda x: fn(clips=tf.constant(x))["probabilities"].numpy(), clips, concurrency)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _ServerProcess:
+    def __init__(self, export_dir: str, batching: bool, concurrency: int):
+        self.port = _free_port()
+        args = [sys.executable, os.path.join(REPO, "experiments", "serve.py"), f"--export_dir={export_dir}",
+                f"--port={self.port}", f"--queue_size={max(64, concurrency)}", "--body_timeout=600"]
+        if batching:
+            args += ["--enable_batching", f"--max_batch_size={_MAX_BATCH_SIZE.value}",
+                     f"--batch_timeout_micros={_BATCH_TIMEOUT_MICROS.value}"]
+        env = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/v1/models/student")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+
+def _server(export_dir: str, bodies: list[bytes], concurrency: int, batching: bool) -> dict:
+    server = _ServerProcess(export_dir, batching, concurrency)
+    connections: dict[int, http.client.HTTPConnection] = {}
+
+    def post(body: bytes) -> None:
+        ident = threading.get_ident()
+        conn = connections.get(ident)
+        if conn is None:
+            conn = connections[ident] = http.client.HTTPConnection("127.0.0.1", server.port, timeout=3600)
+            conn.connect()
+            # As curl and urllib3 do: without it, the body's send waits for the ACK of the headers'
+            # (Nagle's algorithm vs the server's delayed ACK), ~40 ms per request.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.request("POST", "/v1/models/student:predict", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"status {response.status}: {data[:300]!r}")
+
+    try:
+        return _run_concurrently(post, bodies, concurrency)
+    finally:
+        for conn in connections.values():
+            conn.close()
+        server.stop()
+
+
+def _bench(name: str, export_dir: str, counts: list[int], levels: list[int]) -> dict:
+    size = export.load_export_config(export_dir).crop_size
+    results = {}
+    for concurrency, count in zip(levels, counts):
+        rng = np.random.default_rng(concurrency)
+        clips = [rng.uniform(size=(1, CLIP_LENGTH, size, size, 3)).astype(np.float32) for _ in range(count)]
+        bodies = [orjson.dumps({"instances": c.tolist()}) for c in clips]
+        row = {"body_bytes": len(bodies[0])}
+        for mode in _MODES.value:
+            if mode == "in_process":
+                row[mode] = _in_process(export_dir, clips, concurrency)
+            else:
+                row[mode] = _server(export_dir, bodies, concurrency, batching=mode == "server_batching")
+            print(f"{name} c={concurrency} {mode}: {row[mode]['req_per_s']:.1f} req/s, "
+                  f"p50 {row[mode]['p50_ms']:.1f} ms, p95 {row[mode]['p95_ms']:.1f} ms, p99 {row[mode]['p99_ms']:.1f} ms",
+                  flush=True)
+        results[str(concurrency)] = row
+    return results
+
+
+def main(argv):
+    del argv
+    start = time.perf_counter()
+    levels = [int(c) for c in _CONCURRENCY.value]
+    counts = {}
+    for item in _REQUESTS.value.split(","):
+        key, values = item.split("=")
+        counts[key] = [int(v) for v in values.split(":")]
+    out = {"command": " ".join(sys.argv), "cpu": _cpu_model(), "nproc": os.cpu_count(), "models": {}}
+    with tempfile.TemporaryDirectory() as root:
+        targets = [(name, _export(name, root)) for name in _MODELS.value if name]
+        if _EXPORT_DIR.value:
+            targets.append(("export", _EXPORT_DIR.value))
+        for name, export_dir in targets:
+            out["models"][name] = _bench(name, export_dir, counts[name if name in counts else "export"], levels)
+    out["run_time_s"] = time.perf_counter() - start
+    os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {_OUTPUT.value} in {out['run_time_s']:.0f} s")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    app.run(main)
