@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The demo flagfile, shrunk to a few steps per stage on 4 classes of 6 tiny videos.
+# The demo flagfile, shrunk to a few steps per stage on 4 classes of 12 tiny videos (3 groups: test, val, train).
 TINY = [
-    "--flagfile=experiments/demo.flags", "--synthetic_classes=4", "--synthetic_videos_per_class=6",
+    "--flagfile=experiments/demo.flags", "--synthetic_classes=4", "--synthetic_videos_per_class=12",
     "--synthetic_frames=40", "--synthetic_size=40", "--labeled_fraction=0.34", "--prepare_workers=1",
     "--width_multiplier=0.125", "--ssl_epochs=1", "--ssl_steps_per_epoch=2", "--ssl_batch_size=2",
     "--finetune_epochs=1", "--finetune_steps_per_epoch=2", "--student_epochs=1",

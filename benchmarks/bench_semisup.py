@@ -1,0 +1,249 @@
+"""The paper's ablations at small scale: Table 2 (a)-(g) and Table 3 (a)-(e) on the synthetic data.
+
+    python benchmarks/bench_semisup.py                       # 2 fractions x 3 seeds, see BENCHMARKS.md
+    python benchmarks/bench_semisup.py --fractions=10 --seeds=0 --work_dir=/tmp/semisup  # one cell
+
+Every row is the recipe itself (experiments/run.py's flags -> `tbkeras.recipe`), on the small-scale
+settings the demo uses (`--flagfile`, default experiments/small_scale.flags). Rows share their
+upstream stages through the recipe's own DONE cache: each row has its own model_dir whose upstream
+stage folders are symlinks to one copy, and the recipe checks their DONE identities as usual.
+
+    work_dir/data/                        the synthetic videos and shards (one dataset for all)
+    work_dir/seed{S}/ssl/                 pretrain_invariant, pretrain_distinctive, pretrain_ssl, tstr
+    work_dir/seed{S}/pct{P}/base/         prepare_data (labeled list), finetune_teachers -> rows b, c
+    work_dir/seed{S}/pct{P}/{row}/        one student (or labels-only) stage and its evaluation
+
+The seed changes the labeled subset, the validation groups, every initialisation and the input
+order; the videos themselves stay the same (--synthetic_seed). Rows (paper Sec. 4.4):
+  Table 2 (student from pretrain_ssl): a f_S alone (labels only), b f_I, c f_D, d f_S + f_I,
+    e f_S + f_D, f f_S + f_I + f_D averaged, g the same with TSTR reweighting (TimeBalance).
+  Table 3 (randomly initialised student): a labels only, b + f_I, c + f_D, d + both averaged, e + TSTR.
+Nothing is selected on the test split: no checkpoint is chosen at all (every model is its final
+weights), and the validation top-1 is reported beside the test top-1.
+
+Writes `--output` (benchmarks/results/semisup.json) and `--plot` (accuracy versus labeled fraction);
+prints a Markdown table for BENCHMARKS.md.
+"""
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The recipe's flags are run.py's: load it as a module (its main() is not run).
+_spec = importlib.util.spec_from_file_location("tbkeras_run_flags", os.path.join(REPO, "experiments", "run.py"))
+run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("bench_flagfile", os.path.join(REPO, "experiments", "small_scale.flags"),
+                    "The small-scale recipe settings every row starts from (shared with the demo).")
+flags.DEFINE_list("fractions", ["10", "25"], "Labeled percentages of the synthetic training videos.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: labeled subset, validation groups, initialisation, input order.")
+flags.DEFINE_multi_string("recipe_flag", [], "A run.py flag appended to every row, e.g. --recipe_flag=--ssl_epochs=1 "
+                          "for a quick check of the machinery (the recorded figures use none).")
+flags.DEFINE_string("work_dir", os.path.join(REPO, "runs", "bench_semisup"), "Where every row's model_dir goes.")
+flags.DEFINE_string("output", os.path.join(REPO, "benchmarks", "results", "semisup.json"), "Results JSON.")
+flags.DEFINE_string("plot", os.path.join(REPO, "benchmarks", "results", "semisup_accuracy.png"),
+                    "Accuracy-versus-labels plot (PNG).")
+
+SSL_STAGES = ("pretrain_invariant", "pretrain_distinctive", "pretrain_ssl", "tstr")
+# row -> (stage, the model evaluate scores, flags of the row)
+TABLE2 = {
+    "a": ("supervised", "supervised", ["--supervised_init=ssl"]),
+    "b": (None, "invariant", []),
+    "c": (None, "distinctive", []),
+    "d": ("student", "student", ["--teachers=invariant"]),
+    "e": ("student", "student", ["--teachers=distinctive"]),
+    "f": ("student", "student", ["--teachers=both", "--reweighting=average"]),
+    "g": ("student", "student", ["--teachers=both", "--reweighting=tstr"]),
+}
+TABLE3 = {
+    "a": ("supervised", "supervised", ["--supervised_init=random"]),
+    "b": ("student", "student", ["--student_init=random", "--teachers=invariant"]),
+    "c": ("student", "student", ["--student_init=random", "--teachers=distinctive"]),
+    "d": ("student", "student", ["--student_init=random", "--teachers=both", "--reweighting=average"]),
+    "e": ("student", "student", ["--student_init=random", "--teachers=both", "--reweighting=tstr"]),
+}
+LABELS = {  # for the table and the plot
+    "a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "d": "(d) f_S+f_I", "e": "(e) f_S+f_D",
+    "f": "(f) f_S+f_I+f_D, average", "g": "(g) TimeBalance (TSTR)",
+    "table3/a": "T3 (a) random init, labels only", "table3/b": "T3 (b) + f_I", "table3/c": "T3 (c) + f_D",
+    "table3/d": "T3 (d) + both, average", "table3/e": "T3 (e) + both, TSTR",
+}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Runner:
+    """Runs recipe stages in this process, one row configuration at a time."""
+
+    def __init__(self, flagfile: str, work_dir: str, extra: list[str]):
+        self.flagfile = flagfile
+        self.work_dir = work_dir
+        self.extra = extra
+        self.seconds: dict[str, float] = {}
+        from tbkeras import recipe  # after flag parsing and the thread settings
+
+        self.recipe = recipe
+
+    def run(self, model_dir: str, stage: str, *extra: str) -> dict:
+        FLAGS.unparse_flags()
+        FLAGS([sys.argv[0], f"--flagfile={self.flagfile}", f"--model_dir={model_dir}",
+               f"--synthetic_dir={os.path.join(self.work_dir, 'data')}", *extra, *self.extra])
+        config = run.build_config()
+        start = time.perf_counter()
+        import keras
+
+        keras.backend.clear_session()
+        metrics = self.recipe.Recipe(config).run(stage)[stage]
+        key = f"{stage}"
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        return metrics
+
+
+def _link(model_dir: str, source_dir: str, stages) -> None:
+    """Make `model_dir/<stage>` a symlink to `source_dir/<stage>` for the shared upstream stages."""
+    os.makedirs(model_dir, exist_ok=True)
+    for stage in stages:
+        link, target = os.path.join(model_dir, stage), os.path.abspath(os.path.join(source_dir, stage))
+        if not os.path.lexists(link):
+            os.makedirs(target, exist_ok=True)
+            os.symlink(target, link)
+
+
+def _summary(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "runs": values}
+
+
+def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str]) -> dict:
+    work = runner.work_dir
+    test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
+    tstr = {"repetitive_mean_s": [], "order_mean_s": []}
+    for seed in seeds:
+        seed_flags = [f"--seed={seed}"]
+        ssl_dir = os.path.join(work, f"seed{seed}", "ssl")
+        for percent in fractions:
+            pct_flags = [*seed_flags, f"--labeled_fraction={float(percent) / 100}"]
+            base = os.path.join(work, f"seed{seed}", f"pct{percent}", "base")
+            runner.run(base, "prepare_data", *pct_flags)  # the labeled list of this fraction and seed
+            _link(base, ssl_dir, SSL_STAGES)
+            for stage in SSL_STAGES:  # the first fraction trains them; later ones find them DONE
+                metrics = runner.run(base, stage, *pct_flags)
+            if percent == fractions[0]:
+                tstr["repetitive_mean_s"].append(metrics["repetitive_mean_s"])
+                tstr["order_mean_s"].append(metrics["order_mean_s"])
+            runner.run(base, "finetune_teachers", *pct_flags)
+            teachers = runner.run(base, "evaluate", *pct_flags, "--evaluate_models=invariant,distinctive")
+            for table, rows in (("", TABLE2), ("table3/", TABLE3)):
+                for row, (stage, evaluated, row_flags) in rows.items():
+                    name = table + row
+                    if stage is None:
+                        metrics = teachers[run_row_name(evaluated)]
+                    else:
+                        row_dir = os.path.join(work, f"seed{seed}", f"pct{percent}", name.replace("/", "_"))
+                        _link(row_dir, base, SSL_STAGES + ("finetune_teachers",))
+                        row_args = [*pct_flags, *row_flags]
+                        if stage == "supervised":
+                            row_args.append("--supervised_baseline")
+                        runner.run(row_dir, stage, *row_args)
+                        metrics = runner.run(row_dir, "evaluate", *row_args,
+                                             f"--evaluate_models={evaluated}")[run_row_name(evaluated)]
+                    test.setdefault((percent, name), []).append(100 * metrics["top1"])
+                    val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
+                    print(f"seed {seed}, {percent}% labeled, {LABELS[name]}: val {val[(percent, name)][-1]:.1f}, "
+                          f"test {test[(percent, name)][-1]:.1f}", flush=True)
+    results = {}
+    for (percent, name), values in test.items():
+        entry = {**_summary(values), "val": _summary(val[(percent, name)])}
+        if name.startswith("table3/"):
+            results.setdefault(percent, {}).setdefault("table3", {})[name.split("/")[1]] = entry
+        else:
+            results.setdefault(percent, {})[name] = entry
+    results["tstr"] = {k: statistics.fmean(v) for k, v in tstr.items()}
+    results["tstr"]["runs"] = tstr
+    return results
+
+
+def run_row_name(short: str) -> str:
+    from tbkeras import recipe
+
+    return recipe.EVALUATED[short]
+
+
+def markdown(results: dict, fractions: list[str]) -> str:
+    head = "| row | " + " | ".join(f"{p}% test top-1 | {p}% val top-1" for p in fractions) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(fractions)]
+    for name in (*TABLE2, *(f"table3/{r}" for r in TABLE3)):
+        cells = []
+        for p in fractions:
+            entry = results[p]["table3"][name[7:]] if name.startswith("table3/") else results[p][name]
+            cells.append(f"{entry['mean']:.1f} ± {entry['std']:.1f} | {entry['val']['mean']:.1f} ± "
+                         f"{entry['val']['std']:.1f}")
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    fractions, seeds = list(FLAGS.fractions), list(FLAGS.seeds)
+    flagfile, work_dir, output, plot = FLAGS.bench_flagfile, FLAGS.work_dir, FLAGS.output, FLAGS.plot
+    extra = list(FLAGS.recipe_flag)
+    for p in fractions:
+        if not 0 < float(p) < 100:
+            raise app.UsageError(f"--fractions: {p} is not a percentage in (0, 100)")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from tbkeras.malloc import tune_malloc
+
+    tune_malloc()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    start = time.perf_counter()
+    runner = Runner(flagfile, work_dir, extra)
+    results = run_benchmark(runner, fractions, seeds)
+    seconds = time.perf_counter() - start
+    results["setup"] = {
+        "flagfile": os.path.relpath(flagfile, REPO), "fractions_percent": fractions, "seeds": seeds,
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "seconds": round(seconds, 1),
+        "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
+        "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
+        "command": " ".join(["python benchmarks/bench_semisup.py", *sys.argv[1:]]),
+    }
+    from tbkeras import figures
+    from tbkeras.files import atomic_write_json
+
+    atomic_write_json(output, results)
+    rows = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance"}
+    curves = {float(p) / 100: {**{label: (results[p][r]["mean"], results[p][r]["std"]) for r, label in rows.items()},
+                               "T3 (a) labels only": (results[p]["table3"]["a"]["mean"], results[p]["table3"]["a"]["std"]),
+                               "T3 (e) random-init TimeBalance": (results[p]["table3"]["e"]["mean"],
+                                                                  results[p]["table3"]["e"]["std"])}
+              for p in fractions}
+    figures.plot_accuracy_vs_labeled_fraction(plot, curves, title="Small-scale ablations (synthetic, 8 classes)",
+                                              ylabel="test top-1 (%)")
+    print(markdown(results, fractions))
+    print(f"TSTR mean s: repetitive {results['tstr']['repetitive_mean_s']:.3f}, "
+          f"order-dependent {results['tstr']['order_mean_s']:.3f}")
+    print(f"{seconds / 60:.1f} min on {_cpu_model()} ({os.cpu_count()} cores); wrote {output} and {plot}")
+
+
+if __name__ == "__main__":
+    app.run(main)
