@@ -9,12 +9,15 @@ upstream stages through the recipe's own DONE cache: each row has its own model_
 stage folders are symlinks to one copy, and the recipe checks their DONE identities as usual.
 
     work_dir/data/                        the synthetic videos and shards (one dataset for all)
-    work_dir/seed{S}/ssl/                 pretrain_invariant, pretrain_distinctive, pretrain_ssl, tstr
+    work_dir/ssl/ (or seed{S}/ssl/)       pretrain_invariant, pretrain_distinctive, pretrain_ssl, tstr
     work_dir/seed{S}/pct{P}/base/         prepare_data (labeled list), finetune_teachers -> rows b, c
     work_dir/seed{S}/pct{P}/{row}/        one student (or labels-only) stage and its evaluation
 
-The seed changes the labeled subset, the validation groups, every initialisation and the input
-order; the videos themselves stay the same (--synthetic_seed). Rows (paper Sec. 4.4):
+The seed changes the labeled subset, the initialisation of every finetuned, labels-only and
+distilled network and the input order; the videos and the validation groups stay the same
+(--synthetic_seed, --val_seed). With --share_ssl (the default, for a 2-core CPU's budget) the three
+self-supervised pretrainings and TSTR are run once, under the first seed, and shared by all seeds;
+--noshare_ssl reruns them per seed. Rows (paper Sec. 4.4):
   Table 2 (student from pretrain_ssl): a f_S alone (labels only), b f_I, c f_D, d f_S + f_I,
     e f_S + f_D, f f_S + f_I + f_D averaged, g the same with TSTR reweighting (TimeBalance).
   Table 3 (randomly initialised student): a labels only, b + f_I, c + f_D, d + both averaged, e + TSTR.
@@ -47,6 +50,8 @@ flags.DEFINE_list("fractions", ["10", "25"], "Labeled percentages of the synthet
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: labeled subset, validation groups, initialisation, input order.")
 flags.DEFINE_multi_string("recipe_flag", [], "A run.py flag appended to every row, e.g. --recipe_flag=--ssl_epochs=1 "
                           "for a quick check of the machinery (the recorded figures use none).")
+flags.DEFINE_bool("share_ssl", True, "Pretrain the two teachers and the student's initialisation once, under the "
+                  "first seed, for every seed (the CPU budget); --noshare_ssl pretrains per seed.")
 flags.DEFINE_string("work_dir", os.path.join(REPO, "runs", "bench_semisup"), "Where every row's model_dir goes.")
 flags.DEFINE_string("output", os.path.join(REPO, "benchmarks", "results", "semisup.json"), "Results JSON.")
 flags.DEFINE_string("plot", os.path.join(REPO, "benchmarks", "results", "semisup_accuracy.png"),
@@ -131,23 +136,27 @@ def _summary(values: list[float]) -> dict:
             "runs": values}
 
 
-def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str]) -> dict:
+def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_ssl: bool,
+                  progress=lambda results: None) -> dict:
     work = runner.work_dir
     test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
     tstr = {"repetitive_mean_s": [], "order_mean_s": []}
     for seed in seeds:
         seed_flags = [f"--seed={seed}"]
-        ssl_dir = os.path.join(work, f"seed{seed}", "ssl")
+        ssl_dir = os.path.join(work, "ssl") if share_ssl else os.path.join(work, f"seed{seed}", "ssl")
         for percent in fractions:
             pct_flags = [*seed_flags, f"--labeled_fraction={float(percent) / 100}"]
             base = os.path.join(work, f"seed{seed}", f"pct{percent}", "base")
             runner.run(base, "prepare_data", *pct_flags)  # the labeled list of this fraction and seed
             _link(base, ssl_dir, SSL_STAGES)
-            for stage in SSL_STAGES:  # the first fraction trains them; later ones find them DONE
-                metrics = runner.run(base, stage, *pct_flags)
-            if percent == fractions[0]:
-                tstr["repetitive_mean_s"].append(metrics["repetitive_mean_s"])
-                tstr["order_mean_s"].append(metrics["order_mean_s"])
+            if not share_ssl or seed == seeds[0]:
+                # The first fraction trains them (SSL reads no label); later ones find them DONE.
+                ssl_flags = pct_flags if not share_ssl else [f"--seed={seeds[0]}", *pct_flags[1:]]
+                for stage in SSL_STAGES:
+                    metrics = runner.run(base, stage, *ssl_flags)
+                if percent == fractions[0]:
+                    tstr["repetitive_mean_s"].append(metrics["repetitive_mean_s"])
+                    tstr["order_mean_s"].append(metrics["order_mean_s"])
             runner.run(base, "finetune_teachers", *pct_flags)
             teachers = runner.run(base, "evaluate", *pct_flags, "--evaluate_models=invariant,distinctive")
             for table, rows in (("", TABLE2), ("table3/", TABLE3)):
@@ -168,6 +177,12 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str]) -> dic
                     val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
                     print(f"seed {seed}, {percent}% labeled, {LABELS[name]}: val {val[(percent, name)][-1]:.1f}, "
                           f"test {test[(percent, name)][-1]:.1f}", flush=True)
+            progress(_collect(test, val, tstr))
+    return _collect(test, val, tstr)
+
+
+def _collect(test: dict, val: dict, tstr: dict) -> dict:
+    """The results JSON's per-fraction rows and TSTR means from the runs so far."""
     results = {}
     for (percent, name), values in test.items():
         entry = {**_summary(values), "val": _summary(val[(percent, name)])}
@@ -204,7 +219,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     fractions, seeds = list(FLAGS.fractions), list(FLAGS.seeds)
     flagfile, work_dir, output, plot = FLAGS.bench_flagfile, FLAGS.work_dir, FLAGS.output, FLAGS.plot
-    extra = list(FLAGS.recipe_flag)
+    extra, share_ssl = list(FLAGS.recipe_flag), FLAGS.share_ssl
     for p in fractions:
         if not 0 < float(p) < 100:
             raise app.UsageError(f"--fractions: {p} is not a percentage in (0, 100)")
@@ -218,31 +233,36 @@ def main(argv):
     tf.config.threading.set_inter_op_parallelism_threads(2)
     start = time.perf_counter()
     runner = Runner(flagfile, work_dir, extra)
-    results = run_benchmark(runner, fractions, seeds)
-    seconds = time.perf_counter() - start
-    results["setup"] = {
-        "flagfile": os.path.relpath(flagfile, REPO), "fractions_percent": fractions, "seeds": seeds,
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "seconds": round(seconds, 1),
-        "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
-        "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
-        "command": " ".join(["python benchmarks/bench_semisup.py", *sys.argv[1:]]),
-    }
     from tbkeras import figures
     from tbkeras.files import atomic_write_json
 
-    atomic_write_json(output, results)
-    rows = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance"}
-    curves = {float(p) / 100: {**{label: (results[p][r]["mean"], results[p][r]["std"]) for r, label in rows.items()},
-                               "T3 (a) labels only": (results[p]["table3"]["a"]["mean"], results[p]["table3"]["a"]["std"]),
-                               "T3 (e) random-init TimeBalance": (results[p]["table3"]["e"]["mean"],
-                                                                  results[p]["table3"]["e"]["std"])}
-              for p in fractions}
+    def write(results: dict, complete: bool) -> None:
+        """Results so far (after every fraction of every seed), so a stopped run leaves its rows."""
+        results["setup"] = {
+            "complete": complete, "share_ssl": share_ssl, "flagfile": os.path.relpath(flagfile, REPO),
+            "fractions_percent": fractions, "seeds": seeds, "recipe_flags": extra, "cpu": _cpu_model(),
+            "cores": os.cpu_count(), "seconds": round(time.perf_counter() - start, 1),
+            "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
+            "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
+            "command": " ".join(["python benchmarks/bench_semisup.py", *sys.argv[1:]]),
+        }
+        atomic_write_json(output, results)
+
+    results = run_benchmark(runner, fractions, seeds, share_ssl, progress=lambda r: write(r, complete=False))
+    write(results, complete=True)
+    rows = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance (TSTR)"}
+    curves = {}
+    for p in fractions:
+        curves[float(p) / 100] = {label: (results[p][r]["mean"], results[p][r]["std"]) for r, label in rows.items()}
+        for r, label in (("a", "T3 (a) random init, labels only"), ("e", "T3 (e) random init, TimeBalance")):
+            curves[float(p) / 100][label] = (results[p]["table3"][r]["mean"], results[p]["table3"][r]["std"])
     figures.plot_accuracy_vs_labeled_fraction(plot, curves, title="Small-scale ablations (synthetic, 8 classes)",
                                               ylabel="test top-1 (%)")
     print(markdown(results, fractions))
     print(f"TSTR mean s: repetitive {results['tstr']['repetitive_mean_s']:.3f}, "
           f"order-dependent {results['tstr']['order_mean_s']:.3f}")
-    print(f"{seconds / 60:.1f} min on {_cpu_model()} ({os.cpu_count()} cores); wrote {output} and {plot}")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"{minutes:.1f} min on {_cpu_model()} ({os.cpu_count()} cores); wrote {output} and {plot}")
 
 
 if __name__ == "__main__":

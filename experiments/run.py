@@ -46,7 +46,7 @@ flags.DEFINE_list("normalize_mean", [], "Per-channel mean subtracted from [0,1] 
 flags.DEFINE_list("normalize_std", [], "Per-channel std dividing the pixels (with --normalize_mean).")
 flags.DEFINE_integer("shuffle_buffer", 0, "Videos in the training shuffle buffers; 0 = auto (all videos read, within ~1 GiB).")
 flags.DEFINE_integer("seed", 0, "Seed of the input pipelines, of every stage's weight initialisation and of the "
-                     "synthetic labeled/validation subsets.")
+                     "synthetic labeled subset.")
 flags.DEFINE_list("ssl_crop_side", ["0.5", "1.0"], "SSL random resized crop: side range, fraction of the frame's.")
 flags.DEFINE_list("crop_side", ["0.4", "1.0"], "Finetuning/student random resized crop: side range, fraction of the frame's.")
 flags.DEFINE_bool("deterministic", False, "Identical batches run to run (slower input).")
@@ -60,6 +60,7 @@ flags.DEFINE_integer("synthetic_frames", 64, "Frames per synthetic video.")
 flags.DEFINE_integer("synthetic_size", 96, "Height and width of the synthetic videos.")
 flags.DEFINE_float("labeled_fraction", 0.2, "Labeled fraction of the synthetic training set (stratified).")
 flags.DEFINE_float("val_fraction", 0.0, "Fraction of the synthetic training groups held out for validation (0 = none).")
+flags.DEFINE_integer("val_seed", 0, "Which synthetic groups are held out for validation (apart from --seed).")
 flags.DEFINE_float("synthetic_test_fraction", 0.28, "Fraction of the synthetic groups in the test split.")
 flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic videos themselves (--seed varies the rest).")
 flags.DEFINE_integer("prepare_workers", 2, "Processes generating and converting the synthetic videos.")
@@ -201,7 +202,7 @@ def build_config():
                                       num_frames=FLAGS.synthetic_frames, height=FLAGS.synthetic_size,
                                       width=FLAGS.synthetic_size, test_fraction=FLAGS.synthetic_test_fraction,
                                       seed=FLAGS.synthetic_seed),
-            labeled_fraction=FLAGS.labeled_fraction, val_fraction=FLAGS.val_fraction,
+            labeled_fraction=FLAGS.labeled_fraction, val_fraction=FLAGS.val_fraction, val_seed=FLAGS.val_seed,
             short_side=FLAGS.synthetic_size,
             workers=FLAGS.prepare_workers, seed=FLAGS.seed)
         tfrecord_dir = tfrecord_dir or prepare.tfrecord_dir

@@ -61,6 +61,7 @@ class PrepareSettings:
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
     labeled_fraction: float = 0.2
     val_fraction: float = 0.0  # > 0: hold out train groups as a validation list (settings are chosen on it)
+    val_seed: int = 0  # which groups: fixed apart from `seed`, so runs of several seeds validate alike
     short_side: int = 64
     num_shards: int = 4
     workers: int = 2
@@ -76,7 +77,7 @@ class PrepareSettings:
 
     @property
     def val_list(self) -> str:
-        return os.path.join(self.root, "splits", f"val_seed{self.seed}.txt") if self.val_fraction else ""
+        return os.path.join(self.root, "splits", f"val_seed{self.val_seed}.txt") if self.val_fraction else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +377,7 @@ class Recipe:
             counts[f"{split}_failed"] = summary.num_failed
         header, lines = splits.read_list_lines(os.path.join(video_root, "splits", "trainlist01.txt"))
         if prep.val_fraction:
-            lines, val = splits.validation_split(lines, fraction=prep.val_fraction, seed=prep.seed)
+            lines, val = splits.validation_split(lines, fraction=prep.val_fraction, seed=prep.val_seed)
             atomic_write_text(prep.val_list, splits.format_list_file(header, val))
             counts["val_videos"] = len(val)
         labeled, _ = splits.stratified_subset(lines, fraction=prep.labeled_fraction, seed=prep.seed)
