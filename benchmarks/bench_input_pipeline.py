@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 
 # Imported by the cv2 loader's worker processes too: keep TensorFlow out of module scope.
+from tbkeras.machine import cpu_model
 from tbkeras.malloc import tune_malloc
 
 WIDTH, HEIGHT = 171, 128
@@ -210,17 +210,6 @@ def decode_ceiling(shard_paths, seconds: float) -> float:
                deterministic=False)
           .batch(64).prefetch(tf.data.AUTOTUNE))
     return time_dataset(ds, 64, seconds)[0]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> dict:

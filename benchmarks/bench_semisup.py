@@ -28,14 +28,14 @@ Writes `--output` (benchmarks/results/semisup.json) and `--plot` (accuracy versu
 prints a Markdown table for BENCHMARKS.md.
 """
 import importlib.util
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 from absl import app, flags
+
+from tbkeras.machine import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The recipe's flags are run.py's: load it as a module (its main() is not run).
@@ -81,17 +81,6 @@ LABELS = {  # for the table and the plot
     "table3/a": "T3 (a) random init, labels only", "table3/b": "T3 (b) + f_I", "table3/c": "T3 (c) + f_D",
     "table3/d": "T3 (d) + both, average", "table3/e": "T3 (e) + both, TSTR",
 }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Runner:
@@ -240,7 +229,7 @@ def main(argv):
         """Results so far (after every fraction of every seed), so a stopped run leaves its rows."""
         results["setup"] = {
             "complete": complete, "share_ssl": share_ssl, "flagfile": os.path.relpath(flagfile, REPO),
-            "fractions_percent": fractions, "seeds": seeds, "recipe_flags": extra, "cpu": _cpu_model(),
+            "fractions_percent": fractions, "seeds": seeds, "recipe_flags": extra, "cpu": cpu_model(),
             "cores": os.cpu_count(), "seconds": round(time.perf_counter() - start, 1),
             "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
             "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
@@ -262,7 +251,7 @@ def main(argv):
     print(f"TSTR mean s: repetitive {results['tstr']['repetitive_mean_s']:.3f}, "
           f"order-dependent {results['tstr']['order_mean_s']:.3f}")
     minutes = (time.perf_counter() - start) / 60
-    print(f"{minutes:.1f} min on {_cpu_model()} ({os.cpu_count()} cores); wrote {output} and {plot}")
+    print(f"{minutes:.1f} min on {cpu_model()} ({os.cpu_count()} cores); wrote {output} and {plot}")
 
 
 if __name__ == "__main__":

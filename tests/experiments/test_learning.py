@@ -5,7 +5,6 @@ This fails if training silently stops working (a broken loss, gradient, schedule
 pipeline), which tests of single parts cannot see. Seeded; the threshold leaves a wide margin.
 """
 import json
-import os
 
 import pytest
 
