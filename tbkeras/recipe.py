@@ -594,22 +594,25 @@ class Recipe:
         path = stage_dir(self.config, "export")
         marker = StageDir(path)
         export_dir = os.path.join(path, "student")
-        identity = {"student": self._done_config("student"), "data": dataclasses.asdict(self.config.data)}
-        done = _finished(path, identity, "student")
-        if done is not None:
-            return done
+        student_done = self._done_config("student")
         class_names = self._class_names()
-        student = self._classifier(len(class_names), name="student")
-        checkpoints.load_weights_verified(
-            student, os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS), what="student weights")
         data, ev, sup = self.config.data, self.config.evaluation, self.config.finetune
         # serve_video takes the evaluation's views; predict.py decodes files as the converter did.
         conversion = manifest.load_manifest(data.tfrecord_dir, data.train_split)["flags"]
-        export_lib.export_classifier(student, export_dir, export_lib.ExportConfig(
+        export_config = export_lib.ExportConfig(
             clip_length=sup.clip_length, crop_size=data.crop_size, mean=data.mean, std=data.std,
             class_names=tuple(class_names), num_clips=ev.num_clips, num_crops=ev.num_crops, stride=sup.stride,
             short_side=int(conversion.get("short_side", 0)), fps=float(conversion.get("fps", 0.0)),
-            jpeg_quality=int(conversion.get("jpeg_quality", 90))))
+            jpeg_quality=int(conversion.get("jpeg_quality", 90)))
+        identity = {"student": student_done, "data": dataclasses.asdict(data),
+                    "export": dataclasses.asdict(export_config)}
+        done = _finished(path, identity, "student")
+        if done is not None:
+            return done
+        student = self._classifier(len(class_names), name="student")
+        checkpoints.load_weights_verified(
+            student, os.path.join(stage_dir(self.config, "student"), checkpoints.CLASSIFIER_WEIGHTS), what="student weights")
+        export_lib.export_classifier(student, export_dir, export_config)
         metrics = {"export_dir": export_dir, "num_classes": len(class_names)}
         marker.mark_done(identity, metrics)
         return metrics
