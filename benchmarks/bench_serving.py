@@ -32,6 +32,7 @@ import orjson  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tbkeras import export  # noqa: E402
+from tbkeras.machine import cpu_model  # noqa: E402
 from tbkeras.models import r3d18  # noqa: E402
 from tbkeras.stages.finetune import ClassifierModel  # noqa: E402
 
@@ -183,7 +184,7 @@ def main(argv):
     for item in _REQUESTS.value.split(","):
         key, values = item.split("=")
         counts[key] = [int(v) for v in values.split(":")]
-    out = {"command": " ".join(sys.argv), "cpu": _cpu_model(), "nproc": os.cpu_count(), "models": {}}
+    out = {"command": " ".join(sys.argv), "cpu": cpu_model(), "nproc": os.cpu_count(), "models": {}}
     with tempfile.TemporaryDirectory() as root:
         targets = [(name, _export(name, root)) for name in _MODELS.value if name]
         if _EXPORT_DIR.value:
@@ -195,17 +196,6 @@ def main(argv):
     with open(_OUTPUT.value, "w") as f:
         json.dump(out, f, indent=2)
     print(f"wrote {_OUTPUT.value} in {out['run_time_s']:.0f} s")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
