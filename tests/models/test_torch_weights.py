@@ -263,9 +263,9 @@ def test_ported_slow_r50_matches_a_torch_slow_r50():
     # The 1e-5, relative to the scale of the output. The estimate for these 53 convs
     # (sum_l k_l = 9,427) is 5.8e-6 for one float32 evaluation (against float64 torch) and 8.2e-6
     # for two (against float32 torch); measured on a 2-core AMD EPYC, worst of features and logits:
-    # 2.3e-7 and 2.8e-7. A layout
-    # bug moves them by 5-80 % of that scale (by hand: BatchNorm statistics not ported 0.78, conv_b's
-    # in/out axes swapped 0.74, the stride on conv_a instead of conv_b 0.079, h and w swapped 0.049).
+    # 2.3e-7 and 2.8e-7. A layout bug moves them by 5-80 % of that scale (by hand: BatchNorm
+    # statistics not ported 0.78, conv_b's in/out axes swapped 0.74, the stride on conv_a instead of
+    # conv_b 0.079, h and w swapped 0.049).
     rtol = 1e-5
     for name, actual, desired, evaluations in [
         ("pooled vs float64 torch", ours_pooled, exact_pooled, 1),
