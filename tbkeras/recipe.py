@@ -217,6 +217,10 @@ class RecipeConfig:
     num_gpus: int = 0
     mixed_precision: str = "float32"
 
+    def __post_init__(self):
+        if self.supervised_init not in ("random", "ssl"):
+            raise ValueError(f"supervised_init must be 'random' or 'ssl', got {self.supervised_init!r}")
+
 
 def stage_dir(config: RecipeConfig, stage: str) -> str:
     return os.path.join(config.model_dir, stage)
@@ -479,8 +483,6 @@ class Recipe:
 
     def _supervised(self) -> dict[str, Any]:
         init = self.config.supervised_init
-        if init not in ("random", "ssl"):
-            raise ValueError(f"supervised_init must be 'random' or 'ssl', got {init!r}")
         upstream = {"pretrain_ssl": self._done_config("pretrain_ssl")} if init == "ssl" else {}
         identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init=init, **upstream)
         return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune,
