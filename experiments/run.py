@@ -150,26 +150,24 @@ def _profile_batch(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _triple(name: str):
+def _numbers(name: str, count: int, meaning: str) -> tuple[float, ...]:
+    """The `count` comma-separated numbers of list flag --name, or a UsageError naming the flag."""
     values = getattr(FLAGS, name)
-    if not values:
-        return None
     try:
         floats = tuple(float(v) for v in values)
     except ValueError:
-        raise app.UsageError(f"--{name}={','.join(values)}: expected three numbers") from None
-    if len(floats) != 3:
-        raise app.UsageError(f"--{name} needs three comma-separated numbers (R,G,B), got {len(floats)}")
+        raise app.UsageError(f"--{name}={','.join(values)}: expected {count} numbers ({meaning})") from None
+    if len(floats) != count:
+        raise app.UsageError(f"--{name} needs {count} comma-separated numbers ({meaning}), got {len(floats)}")
     return floats
 
 
+def _triple(name: str):
+    return _numbers(name, 3, "R,G,B") if getattr(FLAGS, name) else None
+
+
 def _range(name: str):
-    values = getattr(FLAGS, name)
-    try:
-        low, high = (float(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{name}={','.join(values)}: expected two numbers low,high") from None
-    return low, high
+    return _numbers(name, 2, "low,high")
 
 
 def build_config():
