@@ -62,6 +62,9 @@ flags.DEFINE_float("labeled_fraction", 0.2, "Labeled fraction of the synthetic t
 flags.DEFINE_float("val_fraction", 0.0, "Fraction of the synthetic training groups held out for validation (0 = none).")
 flags.DEFINE_integer("val_seed", 0, "Which synthetic groups are held out for validation (apart from --seed).")
 flags.DEFINE_float("synthetic_test_fraction", 0.28, "Fraction of the synthetic groups in the test split.")
+flags.DEFINE_float("synthetic_class_shape_probability", 0.0,
+                   "Chance that a synthetic video's object takes its class family's typical shape "
+                   "(appearance hints at the class, never at a composite's order).")
 flags.DEFINE_integer("synthetic_seed", 0, "Seed of the synthetic videos themselves (--seed varies the rest).")
 flags.DEFINE_integer("prepare_workers", 2, "Processes generating and converting the synthetic videos.")
 
@@ -199,7 +202,8 @@ def build_config():
                                       videos_per_class=FLAGS.synthetic_videos_per_class,
                                       num_frames=FLAGS.synthetic_frames, height=FLAGS.synthetic_size,
                                       width=FLAGS.synthetic_size, test_fraction=FLAGS.synthetic_test_fraction,
-                                      seed=FLAGS.synthetic_seed),
+                                      seed=FLAGS.synthetic_seed,
+                                      class_shape_probability=FLAGS.synthetic_class_shape_probability),
             labeled_fraction=FLAGS.labeled_fraction, val_fraction=FLAGS.val_fraction, val_seed=FLAGS.val_seed,
             short_side=FLAGS.synthetic_size,
             workers=FLAGS.prepare_workers, seed=FLAGS.seed)

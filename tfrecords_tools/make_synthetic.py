@@ -34,6 +34,8 @@ _FPS = flags.DEFINE_float("fps", _DEFAULTS.fps, "Frame rate written to the files
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Dataset seed: same seed, same videos.")
 _NOISE = flags.DEFINE_float("noise_std_max", _DEFAULTS.noise_std_max,
                             "Max per-clip std of the per-pixel noise (0..255 units); 0 disables it.")
+_CLASS_SHAPE = flags.DEFINE_float("class_shape_probability", _DEFAULTS.class_shape_probability,
+                                  "Chance that a video's object takes its class family's typical shape.")
 _CODEC = flags.DEFINE_string("codec", _DEFAULTS.codec,
                              "FourCC: MJPG or XVID for .avi, mp4v for .mp4 (no H.264 in pip OpenCV).")
 _EXTENSION = flags.DEFINE_string("extension", _DEFAULTS.extension, "Container: .avi or .mp4.")
@@ -47,7 +49,8 @@ def main(argv):
             num_classes=_NUM_CLASSES.value, videos_per_class=_VIDEOS_PER_CLASS.value,
             clips_per_group=_CLIPS_PER_GROUP.value, test_fraction=_TEST_FRACTION.value,
             num_frames=_NUM_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, fps=_FPS.value,
-            seed=_SEED.value, noise_std_max=_NOISE.value, codec=_CODEC.value,
+            seed=_SEED.value, noise_std_max=_NOISE.value, class_shape_probability=_CLASS_SHAPE.value,
+            codec=_CODEC.value,
             extension=_EXTENSION.value if _EXTENSION.value.startswith(".") else f".{_EXTENSION.value}",
         )
     except ValueError as e:  # name the flag, not the dataclass field

@@ -18,9 +18,12 @@ have that property: the two paths trace different L shapes.)
 Nuisances, drawn per group ("actor and scene", shared by the clips of a group as in UCF101): shape,
 colour and textured background; per clip: size, orientation, start position, speed (period or
 amplitude), idle time around a composite, motion direction and per-pixel noise. A group's scene is
-the same in every class (group g of each class shares it), so appearance says nothing about the
-class: a model can only tell classes apart by their motion. (With a scene per class and group, a
-network memorises the training groups' scenes and sits at chance on the unseen test groups.)
+the same in every class (group g of each class shares it), so by default appearance says nothing
+about the class and only motion tells classes apart. (With a scene per class and group, a network
+memorises the training groups' scenes and sits at chance on the unseen test groups.) With
+`class_shape_probability` > 0 a video's object takes its family's typical shape with that chance,
+as scenes and props hint at the class in UCF101: a cue that holds across time, which a temporally
+invariant teacher can use, but that never tells "A then B" from "B then A".
 
 Files are written UCF101-style so `build_tfrecords.py --layout=ucf101` converts them:
 `{out}/videos/{Class}/v_{Class}_g{group:02d}_c{clip:02d}.avi` and `{out}/splits/classInd.txt`,
@@ -44,8 +47,11 @@ from tbkeras.files import atomic_path, atomic_write_json, atomic_write_text, rea
 
 ATOMIC = "atomic"
 COMPOSITE = "composite"
-SHAPES = ("circle", "triangle", "square", "hexagon", "cross")
-_POLYGON_SIDES = {"triangle": 3, "square": 4, "hexagon": 6}
+SHAPES = ("circle", "triangle", "square", "hexagon", "cross")  # a group's actor is one of these
+# A family's typical shape (`class_shape_probability`): one per atomic class or composite pair, in
+# the order the families first appear in `ACTIONS`, so the 8-class demo's 6 families all differ.
+FAMILY_SHAPES = ("circle", "triangle", "square", "hexagon", "cross", "pentagon")
+_POLYGON_SIDES = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}
 # Codec / container pairs that OpenCV's pip wheels can write (checked with opencv-python-headless
 # 5.0: H.264 ('avc1', 'H264') is not available there).
 WORKING_CODECS = (("MJPG", ".avi"), ("XVID", ".avi"), ("mp4v", ".mp4"))
@@ -83,12 +89,28 @@ ACTIONS: tuple[ActionSpec, ...] = (
 _ACTIONS_BY_NAME = {a.name: (i, a) for i, a in enumerate(ACTIONS)}
 
 
+def _family_key(action: ActionSpec):
+    """An atomic class is its own family; "A then B" and "B then A" are one family."""
+    return action.name if action.kind == ATOMIC else frozenset(action.parts)
+
+
+_FAMILIES = tuple(dict.fromkeys(_family_key(a) for a in ACTIONS))
+
+
+def family_shape(class_name: str) -> str:
+    """The typical shape of a class's family (both classes of a composite pair share it)."""
+    return FAMILY_SHAPES[_FAMILIES.index(_family_key(action_spec(class_name))) % len(FAMILY_SHAPES)]
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """What to generate. Defaults are the demo dataset (8 classes x 40 videos, 64 x 128 x 128).
 
     Videos of a class are numbered in groups of `clips_per_group` (UCF101's g/c numbering); the
     first `round(test_fraction * groups)` groups (at least one, never all) form the test split.
+    `class_shape_probability` is the chance that a video's object takes its family's typical shape
+    (`family_shape`) instead of its group's: appearance then hints at the class, as scenes and props
+    do in UCF101, but never at the order that separates the two classes of a composite pair.
     `period_frames` bounds the integer period of atomic actions (their speed); `object_radius` bounds
     the object's circumradius as a fraction of the frame's short side; `noise_std_max` bounds the
     per-clip standard deviation of the per-pixel (uniform, integer) noise, in 0..255 units.
@@ -108,6 +130,7 @@ class SyntheticConfig:
     period_frames: tuple[int, int] = (8, 16)
     object_radius: tuple[float, float] = (0.18, 0.26)
     noise_std_max: float = 5.0
+    class_shape_probability: float = 0.0
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -143,6 +166,8 @@ class SyntheticConfig:
                                        "the short side; larger objects leave no room to move)")
         if self.noise_std_max < 0:
             raise bad("noise_std_max", "must be >= 0")
+        if not 0.0 <= self.class_shape_probability <= 1.0:
+            raise bad("class_shape_probability", "must be a probability in [0, 1]")
 
     @property
     def num_groups(self) -> int:
@@ -423,11 +448,23 @@ def _video_rngs(config: SyntheticConfig, class_name: str, group: int,
     return scene, clip_rng
 
 
+def video_scene(config: SyntheticConfig, class_name: str, group: int, clip: int) -> Scene:
+    """A video's scene: its group's, with the object's shape replaced by the family's typical one
+    with probability `class_shape_probability` (drawn from a stream of its own, so the other
+    draws of the video do not depend on it)."""
+    scene_rng, _ = _video_rngs(config, class_name, group, clip)
+    scene = draw_scene(scene_rng, config)
+    class_id = _ACTIONS_BY_NAME[class_name][0]
+    if np.random.default_rng([config.seed, class_id, group, clip, 2]).random() < config.class_shape_probability:
+        scene = dataclasses.replace(scene, shape=family_shape(class_name))
+    return scene
+
+
 def render_dataset_video(config: SyntheticConfig, class_name: str, group: int,
                          clip: int) -> np.ndarray:
     """The exact frames `generate_dataset` writes for one video, uint8 [T, H, W, 3]."""
-    scene_rng, clip_rng = _video_rngs(config, class_name, group, clip)
-    return render_video(class_name, clip_rng, config, scene=draw_scene(scene_rng, config))
+    _, clip_rng = _video_rngs(config, class_name, group, clip)
+    return render_video(class_name, clip_rng, config, scene=video_scene(config, class_name, group, clip))
 
 
 def write_video(path: str, frames: np.ndarray, fps: float, codec: str = "MJPG") -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 
@@ -200,6 +201,7 @@ def test_mp4_option_decodes(tmp_path):
     ({"test_fraction": 1.0}, "test_fraction=1.0"),
     ({"codec": "H264x"}, "codec='H264x'"),
     ({"period_frames": (5, 3)}, "period_frames"),
+    ({"class_shape_probability": 1.5}, "class_shape_probability=1.5: must be a probability"),
 ])
 def test_bad_config_is_a_clear_value_error(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -218,3 +220,37 @@ def test_bad_class_codec_and_changed_config_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"different config \(fields \['seed'\]"):
         synthetic.generate_dataset(synthetic.SyntheticConfig(
             **{**TINY.__dict__, "num_classes": 1, "seed": 1}), str(tmp_path / "a"), workers=1)
+
+
+def test_class_shape_probability_ties_the_shape_to_the_family_only_as_often_as_asked():
+    """Off: every class of a group shares its scene. At p: about p of the videos carry the family's
+    shape (a composite pair shares one), the rest keep the group's, and the other draws of a video
+    do not change."""
+    off = dataclasses.replace(CLEAN, num_classes=8)
+    on = dataclasses.replace(off, class_shape_probability=0.5)
+    names = synthetic.class_names(off)
+    families = {n: synthetic.family_shape(n) for n in names}
+    assert families["SlideRightThenHopUp"] == families["HopUpThenSlideRight"]
+    atomic = [families[n] for n in names if synthetic.action_spec(n).kind == synthetic.ATOMIC]
+    assert len(set(families.values())) == 6 and len(set(atomic)) == len(atomic)
+    took, total = 0, 0
+    for group in range(1, 11):
+        group_shape = synthetic.video_scene(off, names[0], group, 1).shape
+        for name in names:
+            for clip in (1, 2, 3, 4):
+                assert synthetic.video_scene(off, name, group, clip).shape == group_shape
+                shape = synthetic.video_scene(on, name, group, clip).shape
+                assert shape in (group_shape, families[name])
+                if families[name] != group_shape:
+                    took += shape == families[name]
+                    total += 1
+    # A binomial(total, 0.5) count: 5 standard deviations either side.
+    assert abs(took - total / 2) < 5 * (total / 4) ** 0.5, (took, total)
+    always = dataclasses.replace(off, class_shape_probability=1.0)
+    scene_off = synthetic.video_scene(off, "Rotate", 3, 2)
+    scene_on = synthetic.video_scene(always, "Rotate", 3, 2)
+    assert scene_on.shape == families["Rotate"]
+    np.testing.assert_array_equal(scene_on.background, scene_off.background)
+    np.testing.assert_array_equal(scene_on.color, scene_off.color)
+    frames = synthetic.render_dataset_video(always, "Rotate", 3, 2)
+    assert frames.shape == (off.num_frames, off.height, off.width, 3)
