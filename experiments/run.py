@@ -81,6 +81,8 @@ flags.DEFINE_enum("strided_conv", "auto", ["auto", "native", "subsample"],
 # Optimisation, shared by the stages.
 flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warmup, in epochs.")
 flags.DEFINE_integer("plateau_patience", 5, "Halve the lr after this many epochs without a lower training loss.")
+flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "cosine"], "After warmup: halve the lr on a training-loss "
+                  "plateau (paper), or a cosine decay to the minimum lr at the last step.")
 flags.DEFINE_string("profile_batch", "0", "TensorBoard profiler batch: N or 'start,stop' (0 = off).")
 flags.DEFINE_enum("nan_action", "stop", ["stop", "restore"],
                   "On a non-finite loss: stop naming the step, or restore the last good weights and go on.")
@@ -189,7 +191,7 @@ def build_config():
         return TrainConfig(
             epochs=getattr(FLAGS, f"{prefix}_epochs"), steps_per_epoch=getattr(FLAGS, f"{prefix}_steps_per_epoch"),
             lr=getattr(FLAGS, f"{prefix}_lr"), warmup_epochs=FLAGS.warmup_epochs,
-            plateau_patience=FLAGS.plateau_patience, mixed_precision=FLAGS.mixed_precision,
+            plateau_patience=FLAGS.plateau_patience, lr_schedule=FLAGS.lr_schedule, mixed_precision=FLAGS.mixed_precision,
             jit_compile=FLAGS.jit_compile, profile_batch=_profile_batch(FLAGS.profile_batch),
             nan_action=FLAGS.nan_action, log_every=log_every)
 

@@ -121,6 +121,8 @@ def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.c
             min_lr=config.min_lr,
             steps_per_epoch=config.steps_per_epoch,
             state_path=stage.lr_state_path,
+            schedule=config.lr_schedule,
+            epochs=config.epochs,
         ),
         keras.callbacks.ModelCheckpoint(stage.latest_weights_path, save_weights_only=True),
         keras.callbacks.CSVLogger(stage.csv_log_path, append=True),

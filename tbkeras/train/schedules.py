@@ -1,4 +1,7 @@
-"""The learning-rate policy of every stage: linear warmup, then halve the lr on a training-loss plateau.
+"""The learning-rate policy of every stage: linear warmup, then halve the lr on a training-loss plateau
+(the paper's), or a cosine decay to `min_lr` over the rest of the run (`schedule="cosine"`, one of
+the official code's options: a short run then ends at a small lr, so its final weights are not a
+random point of a noisy trajectory).
 
 DESIGN.md section 2: Adam at `base_lr`, warmed up linearly over `warmup_epochs` (per step), then
 multiplied by `factor` (0.5) whenever the epoch's training loss has not improved for `patience`
@@ -18,6 +21,8 @@ import keras
 import tensorflow as tf
 
 from tbkeras.files import atomic_write_json, read_json
+
+SCHEDULES = ("plateau", "cosine")
 
 
 def warmup_lr(step: int, *, base_lr: float, warmup_steps: int, start_fraction: float) -> float:
@@ -63,8 +68,12 @@ class WarmupPlateauSchedule(keras.callbacks.Callback):
         steps_per_epoch: int | None = None,
         monitor: str = "loss",
         state_path: str | None = None,
+        schedule: str = "plateau",
+        epochs: int | None = None,
     ):
         super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if base_lr <= 0 or not 0 < factor < 1 or patience < 1 or warmup_epochs < 0:
             raise ValueError(
                 "need base_lr > 0, 0 < factor < 1, patience >= 1, warmup_epochs >= 0; got "
@@ -83,6 +92,8 @@ class WarmupPlateauSchedule(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.monitor = monitor
         self.state_path = state_path
+        self.schedule = schedule
+        self.epochs = epochs
         self.plateau_lr = self.base_lr
         self.best = math.inf
         self.wait = 0
@@ -129,6 +140,13 @@ class WarmupPlateauSchedule(keras.callbacks.Callback):
         if step < warmup_steps:
             return warmup_lr(step, base_lr=self.base_lr, warmup_steps=warmup_steps,
                              start_fraction=self.start_fraction)
+        if self.schedule == "cosine":
+            epochs = self.epochs or self.params.get("epochs")
+            if not (steps and epochs):
+                raise ValueError("schedule='cosine' needs epochs and steps_per_epoch (or fit(epochs=, steps_per_epoch=))")
+            decay_steps = max(epochs * steps - warmup_steps, 1)
+            progress = min((step - warmup_steps) / decay_steps, 1.0)
+            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.plateau_lr
 
     def update_plateau(self, epoch: int, value: float) -> None:
@@ -165,5 +183,6 @@ class WarmupPlateauSchedule(keras.callbacks.Callback):
         logs["lr"] = self._lr
         if self.monitor not in logs:
             raise KeyError(f"WarmupPlateauSchedule monitors {self.monitor!r}, logs have {sorted(logs)}")
-        self.update_plateau(epoch, float(logs[self.monitor]))
+        if self.schedule == "plateau":
+            self.update_plateau(epoch, float(logs[self.monitor]))
         self._save_state(epoch + 1)

@@ -47,6 +47,7 @@ import keras
 import tensorflow as tf
 
 from tbkeras.files import atomic_save_weights, atomic_write_json, read_json
+from tbkeras.train.schedules import SCHEDULES
 from tbkeras.train.callbacks import NAN_ACTIONS, standard_callbacks
 from tbkeras.train.strategy import enable_multi_worker_fit, is_chief, worker_task
 
@@ -63,6 +64,8 @@ class TrainConfig:
         warmup_epochs, warmup_start_fraction: linear per-step warmup from fraction * lr to lr.
         plateau_patience, plateau_factor, min_lr: lr *= factor after `patience` epochs without a
             new best training loss, never below min_lr.
+        lr_schedule: "plateau" (the paper's, above) or "cosine" (after warmup, a cosine from lr
+            to min_lr at the last step; plateau_* unused).
         mixed_precision: the Keras dtype policy the model must have been built with (the runner
             sets it with `keras.config.set_dtype_policy` before building; checked here).
         jit_compile: XLA-compile the train step (off by default: slower to start on CPU).
@@ -82,6 +85,7 @@ class TrainConfig:
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     min_lr: float = 1e-6
+    lr_schedule: str = "plateau"
     mixed_precision: str = "float32"
     jit_compile: bool = False
     profile_batch: int | tuple[int, int] = 0
@@ -102,6 +106,7 @@ class TrainConfig:
         check(self.lr > 0, "lr", "> 0")
         check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
         check(self.plateau_patience >= 1, "plateau_patience", ">= 1")
+        check(self.lr_schedule in SCHEDULES, "lr_schedule", f"one of {SCHEDULES}")
         check(self.mixed_precision in DTYPE_POLICIES, "mixed_precision", f"one of {DTYPE_POLICIES}")
         check(self.nan_action in NAN_ACTIONS, "nan_action", f"one of {NAN_ACTIONS}")
         check(self.backup_every_steps >= 0, "backup_every_steps", ">= 0")

@@ -105,3 +105,22 @@ def test_plateau_lr_survives_backup_and_restore(tmp_path):
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="factor"):
         WarmupPlateauSchedule(1e-3, factor=2.0)
+
+
+def test_cosine_decays_from_base_to_min_lr_after_warmup_through_fit():
+    base, low, steps, epochs, warmup_epochs = 0.1, 0.001, 4, 4, 1
+    schedule = WarmupPlateauSchedule(base, warmup_epochs=warmup_epochs, patience=1, min_lr=low, schedule="cosine")
+    record = RecordLR()
+    model = make_model()
+    model.fit(make_dataset(), epochs=epochs, steps_per_epoch=steps, callbacks=[schedule, record], verbose=0)
+    # Hand computation: warmup over steps 0-3, then lr = low + (base - low) (1 + cos(pi k / 12)) / 2 for
+    # the k-th of the 12 remaining steps; patience=1 would halve on any plateau, and cosine ignores it.
+    warm = [base * (0.01 + 0.99 * s / 4) for s in range(4)]
+    cosine = [low + (base - low) * 0.5 * (1 + np.cos(np.pi * k / 12)) for k in range(12)]
+    np.testing.assert_allclose(record.lrs, warm + cosine, rtol=f32.FEW_ROUNDINGS)
+    assert record.lrs[-1] < 0.03 * base
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        WarmupPlateauSchedule(1e-3, schedule="step")
