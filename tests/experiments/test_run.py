@@ -1,4 +1,5 @@
 """`experiments/run.py` as a user runs it: the demo recipe end to end on a tiny configuration."""
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,9 @@ def test_demo_recipe_end_to_end_then_resume_nothing(tmp_path):
     first = _run(*flags)
     assert "| student |" in first.stdout and "| supervised only |" in first.stdout, first.stdout
     finished = _done_times(model_dir)
+    # The small-scale dataset settings reach the generator (the shape cue of small_scale.flags).
+    with open(os.path.join(data_dir, "synthetic", "synthetic_config.json")) as f:
+        assert json.load(f)["class_shape_probability"] == 0.5
 
     # The exported student serves 4-class probabilities for a batch of clips.
     served = tf.saved_model.load(os.path.join(model_dir, "export", "student"))
