@@ -76,7 +76,9 @@ flags.DEFINE_integer("projection_hidden_dim", 512, "Projection head hidden size.
 flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
 flags.DEFINE_enum("strided_conv", "auto", ["auto", "native", "subsample"],
                   "Strided Conv3D in training: native, or stride 1 + subsampling (faster gradient on some CPUs); "
-                  "same outputs. auto = subsample without a GPU/TPU.")
+                  "same outputs. auto = whichever trains faster on this CPU, timed once at the finetuning "
+                  "shape and cached per CPU model in $TBKERAS_CACHE_DIR (default ~/.cache/tbkeras); native "
+                  "with a GPU/TPU.")
 
 # Optimisation, shared by the stages.
 flags.DEFINE_integer("warmup_epochs", 10, "Linear learning-rate warmup, in epochs.")

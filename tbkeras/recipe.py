@@ -32,6 +32,7 @@ from tbkeras.data import augment, converter, manifest, pipelines, splits, synthe
 from tbkeras.evaluate import evaluate_classifier, write_evaluation
 from tbkeras.files import atomic_write_text
 from tbkeras.models import ProjectionHead, r3d18, r3d50
+from tbkeras.models.strided_conv import StridedConvProbe, resolve_strided_conv
 from tbkeras.stages import checkpoints
 from tbkeras.stages.finetune import ClassifierModel, load_pretrained_backbone
 from tbkeras.stages.pretrain import (ContrastiveConfig, DistinctivePretrainer, InvariantPretrainer, LossWeights,
@@ -249,6 +250,7 @@ class Recipe:
     def __init__(self, config: RecipeConfig):
         self.config = config
         self._strategy = None
+        self._strided_conv: str | None = None
 
     # ------------------------------------------------------------------------------ plumbing
     @property
@@ -267,6 +269,8 @@ class Recipe:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES + ('all',))}")
         keras.config.set_dtype_policy(self.config.mixed_precision)
+        if stage != "prepare_data":
+            self._resolved_strided_conv()  # a first measurement draws weights: before the seed below
         # Every stage draws its initial weights (and dropout masks) from the run's seed.
         keras.utils.set_random_seed(self.config.data.seed)
         return {stage: getattr(self, f"_{stage}")()}
@@ -341,12 +345,25 @@ class Recipe:
             return pipeline(config)
         return pipelines.distribute(self.strategy, pipeline, config)
 
+    def _resolved_strided_conv(self) -> str:
+        """`model.strided_conv`, with "auto" measured once at the finetuning shape (clips per step,
+        clip length, crop) on this CPU and cached per CPU model (`tbkeras.models.strided_conv`)."""
+        if self._strided_conv is None:
+            m, ft = self.config.model, self.config.finetune
+            probe = StridedConvProbe(backbone=m.backbone, width_multiplier=m.width_multiplier,
+                                     batch_size=max(ft.batch_size // self.strategy.num_replicas_in_sync, 1),
+                                     clip_shape=(ft.clip_length, self.config.data.crop_size, self.config.data.crop_size))
+            self._strided_conv = resolve_strided_conv(m.strided_conv, probe)
+            logging.info("strided_conv=%s -> %s", m.strided_conv, self._strided_conv)
+        return self._strided_conv
+
     def _backbone(self, name: str) -> keras.Model:
         m = self.config.model
+        strided_conv = self._resolved_strided_conv()
         if m.backbone == "r3d18":
-            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, strided_conv=m.strided_conv,
+            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, strided_conv=strided_conv,
                          name=name)
-        return r3d50(width_multiplier=m.width_multiplier, strided_conv=m.strided_conv, name=name)
+        return r3d50(width_multiplier=m.width_multiplier, strided_conv=strided_conv, name=name)
 
     def _head(self) -> ProjectionHead:
         m = self.config.model

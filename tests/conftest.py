@@ -2,11 +2,17 @@
 
 TensorFlow's device list and thread pools can only be configured before the runtime starts, so
 this happens once here: two logical CPU devices (for MirroredStrategy tests) and the thread
-counts measured best on the 2-core CI machine.
+counts measured best on the 2-core CI machine. The strided-conv measurement cache
+(`tbkeras.models.strided_conv`) goes to a directory of this session, never the user's home.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ["TBKERAS_CACHE_DIR"] = tempfile.mkdtemp(prefix="tbkeras_cache_")
+atexit.register(shutil.rmtree, os.environ["TBKERAS_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402

@@ -106,9 +106,9 @@ class R3D18(keras.Model):
     Args:
         width_multiplier: scales every channel count (0.25 gives a 16-64-... tiny net for CPU runs).
         dilated_layer4: TCLR's layer4 (True, used by TimeBalance) or torchvision's plain layer4.
-        strided_conv: "auto" (default: "subsample" without a GPU/TPU, else "native"), "native" or
-            "subsample" (strided convs as stride 1 + subsampling: same weights and outputs, 6-15x
-            faster gradients on CPU; see `r3d_layers`).
+        strided_conv: "native" (also "auto", the default, here), or "subsample" (strided convs as
+            stride 1 + subsampling: same weights and outputs, much faster gradients on some CPUs;
+            `tbkeras.models.strided_conv.resolve_strided_conv` measures which on this machine).
         name: model name.
 
     Example:

@@ -7,12 +7,14 @@
   followed by BatchNorm with PyTorch's epsilon / momentum, optionally ReLU.
 - `SubsampledConv3D`: a strided Conv3D computed as a stride-1 convolution and a subsampling.
 
-Why subsample: TensorFlow's CPU kernels for the *gradient* of a strided Conv3D are pathologically
-slow. Measured on the 2-core CI machine (`benchmarks/bench_strided_conv.py`), fwd+bwd of R3D-18's
-3x7x7 stem at stride (1,2,2) took 16.0 s against 1.1 s at stride 1, and a 3x3x3 stride-2 conv
-1.46 s against 0.23 s. A stride-1 conv followed by `y[:, ::st, ::sh, ::sw]` gives the same outputs
-and the same weights, so backbones use it in training on machines without a GPU or TPU
-(`strided_conv="auto"`); inference keeps the native strided conv, which is faster forward.
+Why subsample: on some CPUs and shapes TensorFlow's kernels for the *gradient* of a strided
+Conv3D are pathologically slow. Measured on one 2-core machine (`benchmarks/bench_strided_conv.py`),
+fwd+bwd of R3D-18's 3x7x7 stem at stride (1,2,2) took 16.0 s against 1.1 s at stride 1; on others
+the native kernels win (BENCHMARKS.md). A stride-1 conv followed by `y[:, ::st, ::sh, ::sw]` gives
+the same outputs and the same weights, so a backbone can use it in training
+(`strided_conv="subsample"`); inference keeps the native strided conv, which is faster forward.
+Which is faster is measured, not assumed: `tbkeras.models.strided_conv.resolve_strided_conv`
+(the recipe's `--strided_conv=auto`).
 """
 from __future__ import annotations
 
@@ -32,14 +34,11 @@ def conv_initializer() -> keras.initializers.Initializer:
 
 
 def use_subsampled_strides(strided_conv: str) -> bool:
-    """Resolve a backbone's `strided_conv` choice: "native", "subsample", or "auto" (subsample
-    when TensorFlow sees no GPU or TPU, where the native strided gradient is the slow one)."""
+    """A backbone's `strided_conv` choice: "subsample", or "native" (also what "auto" means for a
+    model built directly: it has no training shape to measure; the recipe resolves "auto" by a
+    measurement first, `tbkeras.models.strided_conv`)."""
     if strided_conv not in STRIDED_CONV_CHOICES:
         raise ValueError(f"strided_conv must be one of {STRIDED_CONV_CHOICES}, got {strided_conv!r}")
-    if strided_conv == "auto":
-        import tensorflow as tf
-
-        return not (tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
     return strided_conv == "subsample"
 
 
