@@ -77,7 +77,7 @@ class Job:
     """One measurement: one implementation of one stage's step, in its own process."""
 
     impl: str            # "tbkeras" | "torch"
-    strided_conv: str    # tbkeras: "native" | "subsample" | "auto"; torch: ""
+    strided_conv: str    # tbkeras: "native" | "subsample"; torch: ""
     model: str
     stage: str
     precision: str
@@ -421,7 +421,6 @@ def step_flops(job: Job, fwd: dict[str, int]) -> int:
 
 def machine() -> dict[str, Any]:
     from tbkeras.machine import cpu_model
-    from tbkeras.models.r3d_layers import use_subsampled_strides
 
     cpu_flags: list[str] = []
     try:
@@ -436,7 +435,6 @@ def machine() -> dict[str, Any]:
         except ImportError:
             versions[package] = None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags, "versions": versions,
-            "strided_conv_auto": "subsample" if use_subsampled_strides("auto") else "native",
             "load_average_before": os.getloadavg()}
 
 
@@ -475,7 +473,7 @@ def main(argv):
     _check_choices("stages", FLAGS.stages, STAGES)
     _check_choices("precisions", FLAGS.precisions, PRECISIONS)
     _check_choices("impls", FLAGS.impls, ("tbkeras", "torch"))
-    _check_choices("strided_convs", FLAGS.strided_convs, ("native", "subsample", "auto"))
+    _check_choices("strided_convs", FLAGS.strided_convs, ("native", "subsample"))
     if "torch" in FLAGS.impls and importlib.util.find_spec("torch") is None:
         raise app.UsageError("torch is not installed: pip install -r benchmarks/requirements-torch.txt "
                              "(CPU wheels), or pass --impls=tbkeras")
@@ -530,7 +528,7 @@ def main(argv):
     print(markdown(rows))
     m = setup["machine"]
     print(f"{setup['seconds'] / 60:.1f} min on {m['cpu']} ({m['cores']} cores, {FLAGS.threads} threads per process; "
-          f"strided_conv='auto' resolves to {m['strided_conv_auto']!r}); wrote {output}")
+          f"strided_conv='auto' would train the faster of the two tbkeras rows); wrote {output}")
 
 
 if __name__ == "__main__":
