@@ -7,11 +7,16 @@ calling the same SavedModel in-process on the same inputs.
 Models (random weights: speed does not depend on them), exported with `tbkeras.export`:
 - `demo`: the demo's student (experiments/demo.flags): R3D-18 at width 0.25, 32 px, 8 frames.
 - `r3d18_112`: full-width R3D-18 at 112 px, 8 frames, 101 classes.
-Modes per model and concurrency: `in_process` (threads calling `serving_default` directly),
+Bodies (`--bodies`): `float` (one decoded, normalised clip [1, 8, S, S, 3] for `serving_default`,
+the row-format JSON of 3 x 8 x S x S numbers) and `jpeg` (the clip's 8 frames as JPEGs at 128 x 171,
+UCF101's size after the converter, for `serve_jpeg`, which crops and resizes them as evaluation
+does: the compact request a client would send; TF Serving's `{"b64": ...}` strings).
+Modes per model, body and concurrency: `in_process` (threads calling the signature directly),
 `server` (experiments/serve.py in its own process, clients on keep-alive connections sending
 TF Serving row-format JSON) and `server_batching` (the same with --enable_batching). Request
 bodies are encoded before the clock starts. Writes benchmarks/results/serving.json.
 """
+import base64
 import concurrent.futures
 import http.client
 import json
@@ -32,6 +37,7 @@ import orjson  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tbkeras import export  # noqa: E402
+from tbkeras.data import synthetic  # noqa: E402
 from tbkeras.machine import cpu_model  # noqa: E402
 from tbkeras.models import r3d18  # noqa: E402
 from tbkeras.stages.finetune import ClassifierModel  # noqa: E402
@@ -48,6 +54,7 @@ _CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "8", "32"], "Concurrent cl
 _REQUESTS = flags.DEFINE_string(
     "requests", "demo=48:96:160,r3d18_112=8:16:32,export=48:96:160",
     "Requests per concurrency level, per model (colon-separated, in --concurrency order).")
+_BODIES = flags.DEFINE_list("bodies", ["float", "jpeg"], "Request kinds: float clips, JPEG frames.")
 _MODES = flags.DEFINE_list("modes", ["in_process", "server", "server_batching"], "What to measure.")
 _MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", 32, "The batching server's --max_batch_size.")
 _BATCH_TIMEOUT_MICROS = flags.DEFINE_integer("batch_timeout_micros", 5000, "The batching server's batch timeout.")
@@ -55,6 +62,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed requests before each measur
 _OUTPUT = flags.DEFINE_string("output", os.path.join(REPO, "benchmarks", "results", "serving.json"), "Results JSON.")
 
 CLIP_LENGTH = 8
+JPEG_FRAME = (128, 171)  # UCF101's 240 x 320 at the converter's short side 128
 
 
 def _export(name: str, root: str) -> str:
@@ -89,9 +97,28 @@ def _run_concurrently(call, inputs: list, concurrency: int) -> dict:
     return _summary(latencies, wall)
 
 
-def _in_process(export_dir: str, clips: list[np.ndarray], concurrency: int) -> dict:
-    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
-    return _run_concurrently(lambda x: fn(clips=tf.constant(x))["probabilities"].numpy(), clips, concurrency)
+SIGNATURES = {"float": ("serving_default", "clips"), "jpeg": ("serve_jpeg", "frames")}
+
+
+def _in_process(export_dir: str, inputs: list[np.ndarray], concurrency: int, body: str) -> dict:
+    signature, argument = SIGNATURES[body]
+    fn = tf.saved_model.load(export_dir).signatures[signature]
+    return _run_concurrently(lambda x: fn(**{argument: tf.constant(x)})["probabilities"].numpy(), inputs, concurrency)
+
+
+def _jpeg_clip(rng: np.random.Generator) -> np.ndarray:
+    """8 frames of a synthetic action video at 128 x 171, as JPEG bytes: object string [1, 8]."""
+    height, width = JPEG_FRAME
+    config = synthetic.SyntheticConfig(num_frames=CLIP_LENGTH, height=height, width=width)
+    frames = synthetic.render_video(int(rng.integers(config.num_classes)), rng, config)
+    return np.array([[tf.io.encode_jpeg(f, quality=90).numpy() for f in frames]], dtype=object)
+
+
+def _request_body(body: str, x: np.ndarray) -> bytes:
+    if body == "float":
+        return orjson.dumps({"instances": x.tolist()})
+    return orjson.dumps({"signature_name": "serve_jpeg",
+                         "instances": [[{"b64": base64.b64encode(j).decode()} for j in row] for row in x]})
 
 
 def _free_port() -> int:
@@ -156,20 +183,23 @@ def _server(export_dir: str, bodies: list[bytes], concurrency: int, batching: bo
         server.stop()
 
 
-def _bench(name: str, export_dir: str, counts: list[int], levels: list[int]) -> dict:
+def _bench(name: str, export_dir: str, counts: list[int], levels: list[int], body: str) -> dict:
     size = export.load_export_config(export_dir).crop_size
     results = {}
     for concurrency, count in zip(levels, counts):
         rng = np.random.default_rng(concurrency)
-        clips = [rng.uniform(size=(1, CLIP_LENGTH, size, size, 3)).astype(np.float32) for _ in range(count)]
-        bodies = [orjson.dumps({"instances": c.tolist()}) for c in clips]
+        if body == "float":
+            inputs = [rng.uniform(size=(1, CLIP_LENGTH, size, size, 3)).astype(np.float32) for _ in range(count)]
+        else:
+            inputs = [_jpeg_clip(rng) for _ in range(count)]
+        bodies = [_request_body(body, x) for x in inputs]
         row = {"body_bytes": len(bodies[0])}
         for mode in _MODES.value:
             if mode == "in_process":
-                row[mode] = _in_process(export_dir, clips, concurrency)
+                row[mode] = _in_process(export_dir, inputs, concurrency, body)
             else:
                 row[mode] = _server(export_dir, bodies, concurrency, batching=mode == "server_batching")
-            print(f"{name} c={concurrency} {mode}: {row[mode]['req_per_s']:.1f} req/s, "
+            print(f"{name} {body} c={concurrency} {mode}: {row[mode]['req_per_s']:.1f} req/s, "
                   f"p50 {row[mode]['p50_ms']:.1f} ms, p95 {row[mode]['p95_ms']:.1f} ms, p99 {row[mode]['p99_ms']:.1f} ms",
                   flush=True)
         results[str(concurrency)] = row
@@ -190,7 +220,9 @@ def main(argv):
         if _EXPORT_DIR.value:
             targets.append(("export", _EXPORT_DIR.value))
         for name, export_dir in targets:
-            out["models"][name] = _bench(name, export_dir, counts[name if name in counts else "export"], levels)
+            for body in _BODIES.value:
+                out["models"].setdefault(name, {})[body] = _bench(
+                    name, export_dir, counts[name if name in counts else "export"], levels, body)
     out["run_time_s"] = time.perf_counter() - start
     os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
     with open(_OUTPUT.value, "w") as f:
