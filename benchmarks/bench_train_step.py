@@ -143,7 +143,7 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
     tf.config.threading.set_inter_op_parallelism_threads(1)  # one op at a time, as torch's eager loop
     import keras
 
-    from tbkeras.models import ProjectionHead, r3d18, r3d50
+    from tbkeras.models import ProjectionHead, build_backbone
     from tbkeras.stages.finetune import ClassifierModel
     from tbkeras.stages.pretrain import DistinctivePretrainer, InvariantPretrainer, SSLPretrainer
     from tbkeras.stages.student import StudentConfig, StudentDistiller
@@ -151,10 +151,8 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
     if job.precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
-    builder = {"r3d18": r3d18, "r3d50": r3d50}[job.model]
-
     def backbone(name: str) -> keras.Model:
-        return builder(width_multiplier=job.width, strided_conv=job.strided_conv, name=name)
+        return build_backbone(job.model, width_multiplier=job.width, strided_conv=job.strided_conv, name=name)
 
     if job.stage in SSL_STAGES:
         cls = {"invariant": InvariantPretrainer, "distinctive": DistinctivePretrainer, "ssl": SSLPretrainer}[job.stage]
@@ -395,10 +393,10 @@ def forward_flops(model: str, width: float, size: int, frames: tuple[int, ...]) 
     """Forward FLOPs per clip of the backbone at each length, and of the heads per feature row."""
     import keras
 
-    from tbkeras.models import Classifier, ProjectionHead, r3d18, r3d50
+    from tbkeras.models import Classifier, ProjectionHead, build_backbone
     from tbkeras.models.flops import count_flops
 
-    backbone = {"r3d18": r3d18, "r3d50": r3d50}[model](width_multiplier=width, strided_conv="native")
+    backbone = build_backbone(model, width_multiplier=width, strided_conv="native")
     features = keras.Input((backbone.feature_dim,))
     counts = {f"clip{t}": count_flops(backbone, (t, size, size, 3))["flops"] for t in frames}
     counts["head"] = count_flops(keras.Model(features, ProjectionHead()(features)), (backbone.feature_dim,))["flops"]

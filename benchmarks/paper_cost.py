@@ -97,13 +97,12 @@ def forward_flops() -> dict[str, dict[str, int]]:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    from tbkeras.models import Classifier, ProjectionHead, r3d18, r3d50
+    from tbkeras.models import Classifier, ProjectionHead, build_backbone
     from tbkeras.models.flops import count_flops
 
-    builders = {"r3d18": r3d18, "r3d50": r3d50}
     counts = {}
     for name, (builder, side) in BACKBONES.items():
-        backbone = builders[builder]()
+        backbone = build_backbone(builder)
         features = keras.Input((backbone.feature_dim,))
         counts[name] = {f"{t}x{side}": count_flops(backbone, (t, side, side, 3))["flops"] for t in (8, 16)}
         counts[name]["projection_head"] = count_flops(keras.Model(features, ProjectionHead()(features)),

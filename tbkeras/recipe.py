@@ -31,7 +31,7 @@ from tbkeras import figures
 from tbkeras.data import augment, converter, manifest, pipelines, splits, synthetic
 from tbkeras.evaluate import evaluate_classifier, write_evaluation
 from tbkeras.files import atomic_write_text
-from tbkeras.models import ProjectionHead, r3d18, r3d50
+from tbkeras.models import BACKBONES, ProjectionHead, build_backbone
 from tbkeras.models.strided_conv import StridedConvProbe, resolve_strided_conv
 from tbkeras.stages import checkpoints
 from tbkeras.stages.finetune import ClassifierModel, load_pretrained_backbone
@@ -45,7 +45,6 @@ from tbkeras.train.strategy import get_strategy
 
 STAGES = ("prepare_data", "pretrain_invariant", "pretrain_distinctive", "pretrain_ssl", "tstr",
           "finetune_teachers", "supervised", "student", "evaluate", "export")
-BACKBONES = ("r3d18", "r3d50")
 TEACHER_KINDS = ("invariant", "distinctive")
 SCORES_FILE = "tstr_scores.json"
 # Classifier stages the evaluate stage can score: short name -> row name of the results table.
@@ -359,11 +358,8 @@ class Recipe:
 
     def _backbone(self, name: str) -> keras.Model:
         m = self.config.model
-        strided_conv = self._resolved_strided_conv()
-        if m.backbone == "r3d18":
-            return r3d18(width_multiplier=m.width_multiplier, dilated_layer4=True, strided_conv=strided_conv,
-                         name=name)
-        return r3d50(width_multiplier=m.width_multiplier, strided_conv=strided_conv, name=name)
+        return build_backbone(m.backbone, width_multiplier=m.width_multiplier,
+                              strided_conv=self._resolved_strided_conv(), name=name)
 
     def _head(self) -> ProjectionHead:
         m = self.config.model

@@ -206,3 +206,14 @@ def r3d18(*, width_multiplier: float = 1.0, dilated_layer4: bool = True, strided
 def r3d50(*, width_multiplier: float = 1.0, strided_conv: str = "auto", name: str = "r3d50") -> R3D50:
     """Slow-R50 backbone `[B, T, H, W, 3] -> {"pooled": [B, C], "temporal": [B, T, C]}`; see `R3D50`."""
     return R3D50(width_multiplier=width_multiplier, strided_conv=strided_conv, name=name)
+
+
+BACKBONES = {"r3d18": r3d18, "r3d50": r3d50}  # by the name flags and configs use
+
+
+def build_backbone(backbone: str, *, width_multiplier: float = 1.0, strided_conv: str = "auto",
+                   name: str | None = None) -> keras.Model:
+    """A backbone by name: "r3d18" (with TCLR's dilated layer4, as TimeBalance) or "r3d50" (Slow-R50)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone](width_multiplier=width_multiplier, strided_conv=strided_conv, name=name or backbone)

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tbkeras.files import atomic_write_json, read_json
 from tbkeras.machine import cpu_model
-from tbkeras.models.r3d import r3d18, r3d50
+from tbkeras.models.r3d import BACKBONES, build_backbone
 from tbkeras.models.r3d_layers import STRIDED_CONV_CHOICES
 
 CACHE_DIR_ENV = "TBKERAS_CACHE_DIR"
@@ -39,8 +39,8 @@ class StridedConvProbe:
     clip_shape: tuple[int, int, int] = (8, 112, 112)
 
     def __post_init__(self):
-        if self.backbone not in ("r3d18", "r3d50"):
-            raise ValueError(f"StridedConvProbe.backbone must be 'r3d18' or 'r3d50', got {self.backbone!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"StridedConvProbe.backbone must be one of {tuple(BACKBONES)}, got {self.backbone!r}")
         if self.batch_size < 1 or len(self.clip_shape) != 3 or min(self.clip_shape) < 1:
             raise ValueError(f"StridedConvProbe needs batch_size >= 1 and a (T, H, W) clip_shape, got "
                              f"{self.batch_size} and {self.clip_shape}")
@@ -56,12 +56,6 @@ def default_cache_path() -> str:
     return os.path.join(root, CACHE_FILE)
 
 
-def _build(probe: StridedConvProbe, strided_conv: str) -> keras.Model:
-    if probe.backbone == "r3d18":
-        return r3d18(width_multiplier=probe.width_multiplier, dilated_layer4=True, strided_conv=strided_conv)
-    return r3d50(width_multiplier=probe.width_multiplier, strided_conv=strided_conv)
-
-
 def time_strided_convs(probe: StridedConvProbe, steps: int = 3) -> dict[str, float]:
     """Median seconds of one training-mode forward + backward per choice: {"native": s, "subsample": s}.
 
@@ -72,7 +66,7 @@ def time_strided_convs(probe: StridedConvProbe, steps: int = 3) -> dict[str, flo
     x = tf.random.stateless_uniform([probe.batch_size, *probe.clip_shape, 3], seed=[0, 1])
     step_fns = {}
     for choice in ("native", "subsample"):
-        model = _build(probe, choice)
+        model = build_backbone(probe.backbone, width_multiplier=probe.width_multiplier, strided_conv=choice)
 
         @tf.function
         def step(clip, model=model):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from tests import float32_tolerances as f32
 from tests.models.model_checks import numpy_conv3d, run_model_checks
-from tbkeras.models import r3d18, r3d50
+from tbkeras.models import R3D18, R3D50, build_backbone, r3d18, r3d50
 from tbkeras.models.r3d_layers import SubsampledConv3D, TemporallyDilatedConv3D, use_subsampled_strides
 
 
@@ -126,3 +126,12 @@ def test_strided_conv_choice_is_checked_and_auto_is_native_in_a_model_built_dire
         r3d18(width_multiplier=0.125, strided_conv="fast")
     assert use_subsampled_strides("auto") is False  # no training shape to measure: TF's kernels
     assert use_subsampled_strides("subsample") is True
+
+
+def test_build_backbone_by_name_is_the_timebalance_layout():
+    r18 = build_backbone("r3d18", width_multiplier=0.125, strided_conv="subsample", name="b")
+    assert isinstance(r18, R3D18) and r18.name == "b" and r18.strided_conv == "subsample"
+    assert r18.get_config()["dilated_layer4"] is True  # TCLR's layer4, as TimeBalance trains it
+    assert isinstance(build_backbone("r3d50", width_multiplier=0.0625), R3D50)
+    with pytest.raises(ValueError, match="unknown backbone 'r2plus1d'; valid: r3d18, r3d50"):
+        build_backbone("r2plus1d")
