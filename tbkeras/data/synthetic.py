@@ -440,31 +440,38 @@ def video_relpath(class_name: str, group: int, clip: int, extension: str = ".avi
 
 
 def _video_rngs(config: SyntheticConfig, class_name: str, group: int,
-                clip: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """(scene rng shared by group `group` of every class, clip rng of (seed, class, group, clip))."""
+                clip: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """A video's random streams: (scene, shared by group `group` of every class; clip, and the
+    class-shape draw, both of (seed, class, group, clip)). Separate streams, so one setting's draws
+    never shift another's."""
     class_id = _ACTIONS_BY_NAME[class_name][0]  # stable across num_classes
     scene = np.random.default_rng([config.seed, group, 0, 0])
     clip_rng = np.random.default_rng([config.seed, class_id, group, clip, 1])
-    return scene, clip_rng
+    shape_rng = np.random.default_rng([config.seed, class_id, group, clip, 2])
+    return scene, clip_rng, shape_rng
+
+
+def _scene(config: SyntheticConfig, class_name: str, scene_rng: np.random.Generator,
+           shape_rng: np.random.Generator) -> Scene:
+    scene = draw_scene(scene_rng, config)
+    if shape_rng.random() < config.class_shape_probability:
+        scene = dataclasses.replace(scene, shape=family_shape(class_name))
+    return scene
 
 
 def video_scene(config: SyntheticConfig, class_name: str, group: int, clip: int) -> Scene:
     """A video's scene: its group's, with the object's shape replaced by the family's typical one
     with probability `class_shape_probability` (drawn from a stream of its own, so the other
     draws of the video do not depend on it)."""
-    scene_rng, _ = _video_rngs(config, class_name, group, clip)
-    scene = draw_scene(scene_rng, config)
-    class_id = _ACTIONS_BY_NAME[class_name][0]
-    if np.random.default_rng([config.seed, class_id, group, clip, 2]).random() < config.class_shape_probability:
-        scene = dataclasses.replace(scene, shape=family_shape(class_name))
-    return scene
+    scene_rng, _, shape_rng = _video_rngs(config, class_name, group, clip)
+    return _scene(config, class_name, scene_rng, shape_rng)
 
 
 def render_dataset_video(config: SyntheticConfig, class_name: str, group: int,
                          clip: int) -> np.ndarray:
     """The exact frames `generate_dataset` writes for one video, uint8 [T, H, W, 3]."""
-    _, clip_rng = _video_rngs(config, class_name, group, clip)
-    return render_video(class_name, clip_rng, config, scene=video_scene(config, class_name, group, clip))
+    scene_rng, clip_rng, shape_rng = _video_rngs(config, class_name, group, clip)
+    return render_video(class_name, clip_rng, config, scene=_scene(config, class_name, scene_rng, shape_rng))
 
 
 def write_video(path: str, frames: np.ndarray, fps: float, codec: str = "MJPG") -> None:
