@@ -98,6 +98,11 @@ flags.DEFINE_integer("ssl_global_clip_length", 0, "Frames of the global clip of 
                      "(0 = --ssl_clip_length, the paper's); it must keep n temporal slices through the backbone.")
 flags.DEFINE_integer("ssl_epochs", 100, "SSL pretraining epochs.")
 flags.DEFINE_integer("ssl_steps_per_epoch", 100, "SSL steps per epoch.")
+flags.DEFINE_integer("invariant_epochs", 0, "Epochs of pretrain_invariant alone (0 = --ssl_epochs).")
+flags.DEFINE_string("invariant_group_pattern", "", "Batch pretrain_invariant's videos by group: a regex whose first "
+                    "capture group, searched in the video id, names the group (UCF101 and the synthetic data: "
+                    "'_g(\\d+)_c\\d+$'), so L_I's negatives share the scene. '' (the paper) = shuffled batches. "
+                    "With --gather_negatives the replicas' groups differ.")
 flags.DEFINE_float("ssl_lr", 1e-3, "Adam learning rate of SSL pretraining.")
 flags.DEFINE_float("temperature", 0.1, "Contrastive temperature tau.")
 flags.DEFINE_enum("denominator", "standard", ["standard", "paper"],
@@ -236,6 +241,7 @@ def build_config():
         ssl=recipe.SSLSettings(
             train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
             clip_length=FLAGS.ssl_clip_length, global_clip_length=FLAGS.ssl_global_clip_length,
+            invariant_epochs=FLAGS.invariant_epochs, invariant_group_pattern=FLAGS.invariant_group_pattern,
             contrastive=ContrastiveConfig(temperature=FLAGS.temperature, denominator=FLAGS.denominator,
                                           gather_negatives=FLAGS.gather_negatives,
                                           global_clip_as_timestamp=FLAGS.global_clip_as_timestamp),

@@ -135,6 +135,16 @@ class SSLSettings:
     global_clip_length: int = 0  # 0 = clip_length (the paper's); L_D2 needs n temporal slices of it
     contrastive: ContrastiveConfig = ContrastiveConfig()
     tclr_weights: LossWeights = LossWeights()  # pretrain_ssl only
+    # pretrain_invariant only (the other SSL stages ignore them): its epochs (0 = train.epochs) and
+    # batches of one group each ("" = the paper's shuffled batches; see pipelines.SSLConfig).
+    invariant_epochs: int = 0
+    invariant_group_pattern: str = ""
+
+    def __post_init__(self):
+        if self.invariant_epochs < 0:
+            raise ValueError(f"invariant_epochs must be >= 0 (0 = the SSL epochs), got {self.invariant_epochs}")
+        if self.invariant_group_pattern:
+            pipelines.group_pattern_regex(self.invariant_group_pattern)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,8 +415,14 @@ class Recipe:
 
     def _pretrain(self, stage: str, model_cls: Callable, extra: dict, views: int = 2) -> dict[str, Any]:
         ssl = self.config.ssl
+        invariant = stage == "pretrain_invariant"
         train = self._train(ssl.train)
-        identity = self._identity(uses_labels=False, ssl=_without_train(ssl), **extra)
+        settings = _without_train(ssl)
+        if invariant and ssl.invariant_epochs:
+            train = dataclasses.replace(train, epochs=ssl.invariant_epochs)
+        if not invariant:  # settings of pretrain_invariant alone do not make the others rerun
+            settings = {k: v for k, v in settings.items() if not k.startswith("invariant_")}
+        identity = self._identity(uses_labels=False, ssl=settings, **extra)
         path = stage_dir(self.config, stage)
         done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)
         if done is not None:
@@ -417,7 +433,8 @@ class Recipe:
             source=self._source(self.config.data.train_split), batch_size=ssl.batch_size,
             num_clips=ssl.num_clips, clip_length=ssl.clip_length, global_clip_length=ssl.global_clip_length or None,
             views=views, augment=self.config.data.ssl_augment,
-            pixels=self._pixels(), read=self._read()))
+            pixels=self._pixels(), read=self._read(),
+            group_pattern=ssl.invariant_group_pattern if invariant else ""))
         result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
         checkpoints.save_encoder(path, model.backbone, model.head)
         return result.metrics
@@ -562,6 +579,35 @@ class Recipe:
                                     "--stage=student (or finetune_teachers, supervised) first, or --stage=all")
         return found
 
+    def eval_datasets(self, parts: tuple[str, ...]) -> dict[str, tf.data.Dataset]:
+        """The evaluation's multi-view datasets (`pipelines.eval_dataset`) of `parts`: "val" (skipped
+        without a validation list), the test split's name, or "labeled" / "unlabeled" (the
+        training split by the labeled list, validation videos excluded)."""
+        data, ev, sup = self.config.data, self.config.evaluation, self.config.finetune
+        sources = {VAL_SPLIT: self._val_source, data.test_split: lambda: self._source(data.test_split),
+                   "labeled": lambda: self._source(data.train_split, labeled=True),
+                   "unlabeled": lambda: self._source(data.train_split, labeled=False)}
+        unknown = [p for p in parts if p not in sources]
+        if unknown:
+            raise ValueError(f"eval_datasets: unknown part(s) {unknown}; choose from {list(sources)}")
+        datasets = {}
+        for part in parts:
+            source = sources[part]()
+            if source is not None:
+                datasets[part] = pipelines.eval_dataset(pipelines.EvalConfig(
+                    source=source, batch_size=ev.batch_size, num_clips=ev.num_clips, num_crops=ev.num_crops,
+                    clip_length=sup.clip_length, stride=sup.stride, pixels=self._pixels(),
+                    read=self._read(training=False)))
+        return datasets
+
+    def pretrained_backbone(self, stage: str | None) -> keras.Model:
+        """The backbone of a finished SSL stage ("pretrain_invariant", "pretrain_distinctive",
+        "pretrain_ssl"), or a freshly initialised one for None."""
+        model = self._classifier(len(self._class_names()), name=f"{stage or 'random'}_probe")
+        if stage is not None:
+            load_pretrained_backbone(model, stage_dir(self.config, stage))
+        return model.backbone
+
     def _evaluate(self) -> dict[str, Any]:
         path = stage_dir(self.config, "evaluate")
         marker = StageDir(path)
@@ -573,13 +619,8 @@ class Recipe:
             metrics = marker.read_done()["metrics"]
         else:
             class_names = self._class_names()
-            ev, sup = self.config.evaluation, self.config.finetune
             # The validation videos first: settings are chosen on them, the test split only reports.
-            sources = {VAL_SPLIT: self._val_source(), data.test_split: self._source(data.test_split)}
-            datasets = {split: pipelines.eval_dataset(pipelines.EvalConfig(
-                source=source, batch_size=ev.batch_size, num_clips=ev.num_clips, num_crops=ev.num_crops,
-                clip_length=sup.clip_length, stride=sup.stride, pixels=self._pixels(),
-                read=self._read(training=False))) for split, source in sources.items() if source is not None}
+            datasets = self.eval_datasets((VAL_SPLIT, data.test_split))
             metrics = {}
             for name, weights_file in weights.items():
                 slug = name.replace(" ", "_")

@@ -39,8 +39,10 @@ A record corrupted past a shard's first record fails with TensorFlow's own `Data
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import re
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -122,7 +124,13 @@ class ReadOptions:
 @dataclasses.dataclass(frozen=True)
 class SSLConfig:
     """Self-supervised pretraining: n local clips of L frames + 1 global clip of G frames (None:
-    G = L), V views each."""
+    G = L), V views each.
+
+    group_pattern: "" (the paper) batches videos in shuffled order. A regex (see
+      `group_pattern_regex`) makes every batch hold videos of one group, so the other videos of a
+      batch (L_I's negatives, Eq. 1) share its actor and scene: the scene alone can then not tell
+      them apart and the invariant encoder must use the action itself.
+    """
 
     source: VideoSource
     batch_size: int
@@ -133,6 +141,38 @@ class SSLConfig:
     augment: AugmentConfig | None = augment.STRONG
     pixels: PixelFormat = PixelFormat()
     read: ReadOptions = ReadOptions()
+    group_pattern: str = ""
+
+    def __post_init__(self):
+        if self.group_pattern:
+            group_pattern_regex(self.group_pattern)  # rejects a bad pattern at config time
+
+
+def group_pattern_regex(pattern: str) -> re.Pattern:
+    """The compiled `SSLConfig.group_pattern`: a regex searched in each video id whose first
+    capture group names the video's group (UCF101 and the synthetic data: r"_g(\d+)_c\d+$")."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"group_pattern {pattern!r} is not a regular expression: {e}") from None
+    if regex.groups < 1:
+        raise ValueError(f"group_pattern {pattern!r} needs a capture group, e.g. r'_g(\d+)_c\d+$'")
+    return regex
+
+
+def video_groups(video_ids: list[str], pattern: str) -> list[int]:
+    """The group index of each video id (groups numbered in order of first appearance). Raises
+    ValueError naming a video id the pattern does not match."""
+    regex = group_pattern_regex(pattern)
+    groups: dict[str, int] = {}
+    indices = []
+    for video_id in video_ids:
+        found = regex.search(video_id)
+        if found is None:
+            raise ValueError(f"group_pattern {pattern!r} does not match video id {video_id!r}: every video of a "
+                             "group-batched pipeline needs a group (or leave the pattern empty)")
+        indices.append(groups.setdefault(found.group(1), len(groups)))
+    return indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,9 +420,12 @@ def _videos(sel: _Selection, read: ReadOptions, ctx: tf.distribute.InputContext 
 
 
 def _dataset(sel: _Selection, make: Callable[[dict, tf.Tensor], dict], batch_size: int, read: ReadOptions,
-             ctx: tf.distribute.InputContext | None, *, training: bool, needs_label: bool) -> tf.data.Dataset:
+             ctx: tf.distribute.InputContext | None, *, training: bool, needs_label: bool,
+             group_pattern: str = "") -> tf.data.Dataset:
     """Videos of `sel` -> `make(video, seed)` per video (seed: its own stateless int64 `[2]`) ->
-    per-replica batches -> prefetch. Training: infinite, last partial batch dropped."""
+    per-replica batches -> prefetch. Training: infinite, last partial batch dropped. With a
+    `group_pattern` (training only) every batch holds videos of one group, each group's videos
+    taken in the shuffled order as they arrive (`tf.data.Dataset.group_by_window`)."""
     videos = _videos(sel, read, ctx, training=training, needs_label=needs_label)
     if training:
         seeds = tf.data.Dataset.random(seed=_pipeline_seed(read, ctx)).batch(2)
@@ -391,7 +434,24 @@ def _dataset(sel: _Selection, make: Callable[[dict, tf.Tensor], dict], batch_siz
     deterministic = read.deterministic or not training
     elements = tf.data.Dataset.zip(videos, seeds).map(
         _graph_fn(make), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    batched = elements.batch(_per_replica(batch_size, ctx), drop_remainder=training)
+    per_replica = _per_replica(batch_size, ctx)
+    if group_pattern and training:
+        indices = video_groups(sel.video_ids, group_pattern)
+        sizes = collections.Counter(indices)
+        small = [i for i, n in sizes.items() if n < per_replica]
+        if small:
+            first = sel.video_ids[indices.index(small[0])]
+            raise ValueError(
+                f"group_pattern {group_pattern!r}: {len(small)} of the {len(sizes)} groups of {sel.source.split!r} in "
+                f"{sel.source.tfrecord_dir} have fewer videos than a batch ({per_replica}), e.g. the group of "
+                f"{first!r} ({sizes[small[0]]}): a batch would repeat videos. Use a smaller batch or no pattern")
+        groups = _string_table(sel.video_ids, tf.constant(indices, tf.int64), -1)
+        batched = elements.group_by_window(
+            key_func=_graph_fn(lambda element: groups.lookup(element["video_id"])),
+            reduce_func=_graph_fn(lambda _, window: window.batch(per_replica, drop_remainder=True)),
+            window_size=per_replica)
+    else:
+        batched = elements.batch(per_replica, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = deterministic
     return batched.prefetch(AUTOTUNE).with_options(options)
@@ -491,7 +551,8 @@ def ssl_dataset(cfg: SSLConfig, input_context: tf.distribute.InputContext | None
                 "global": tf.reshape(global_clips, [views, global_length, size, size, 3]),
                 "video_id": video["video_id"]}
 
-    return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=True, needs_label=False)
+    return _dataset(sel, make, cfg.batch_size, cfg.read, input_context, training=True, needs_label=False,
+                    group_pattern=cfg.group_pattern)
 
 
 def supervised_dataset(cfg: SupervisedConfig,

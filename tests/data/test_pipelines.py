@@ -298,3 +298,40 @@ def test_bfloat16_pixels_give_the_same_batches_rounded(data):
         assert half[key].dtype == tf.bfloat16.as_numpy_dtype and half[key].shape == full[key].shape
         np.testing.assert_array_equal(half[key].astype(np.float32),
                                       full[key].astype(tf.bfloat16.as_numpy_dtype).astype(np.float32))
+
+
+GROUPED = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 12, label_index=c, height=H, width=W)
+           for g in (1, 2, 7) for c in range(2) for i in range(3)]
+
+
+def test_ssl_group_batches_hold_one_group_each(tmp_path):
+    tf_dir = str(tmp_path / "tfrecords")
+    write_split(tf_dir, "train", GROUPED, num_shards=3)
+    cfg = SSLConfig(VideoSource(tf_dir), batch_size=3, num_clips=2, clip_length=4, augment=None, pixels=PIX,
+                    read=SEEDED, group_pattern=r"_g(\d+)_c\d+$")
+    groups_seen = []
+    for batch in _take(pipelines.ssl_dataset(cfg), 12):
+        groups = {vid.split("_")[2] for vid in _ids(batch)}
+        assert len(groups) == 1, _ids(batch)
+        groups_seen.append(groups.pop())
+    assert set(groups_seen) == {"g01", "g02", "g07"}
+    # Without the pattern, batches mix the groups.
+    plain = dataclasses.replace(cfg, group_pattern="")
+    assert any(len({vid.split("_")[2] for vid in _ids(b)}) > 1 for b in _take(pipelines.ssl_dataset(plain), 12))
+
+
+def test_bad_group_pattern_is_named(tmp_path):
+    tf_dir = str(tmp_path / "tfrecords")
+    write_split(tf_dir, "train", GROUPED + [FakeVideo("v_C0_nogroup", 12, label_index=0, height=H, width=W)])
+    with pytest.raises(ValueError, match="needs a capture group"):
+        SSLConfig(VideoSource(tf_dir), batch_size=3, group_pattern=r"_g\d+_")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        SSLConfig(VideoSource(tf_dir), batch_size=3, group_pattern=r"_g(\d+")
+    cfg = SSLConfig(VideoSource(tf_dir), batch_size=3, pixels=PIX, read=SEEDED, group_pattern=r"_g(\d+)_c\d+$")
+    with pytest.raises(ValueError, match="does not match video id 'v_C0_nogroup'"):
+        pipelines.ssl_dataset(cfg)
+    # Groups of 6 videos cannot fill batches of 8 without repeating a video.
+    cfg = SSLConfig(VideoSource(tf_dir, exclude_ids_file=write_ids_file(str(tmp_path / "x.txt"), ["v_C0_nogroup"])),
+                    batch_size=8, pixels=PIX, read=SEEDED, group_pattern=r"_g(\d+)_c\d+$")
+    with pytest.raises(ValueError, match=r"3 of the 3 groups .* fewer videos than a batch \(8\)"):
+        pipelines.ssl_dataset(cfg)

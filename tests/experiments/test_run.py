@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = [
     "--flagfile=experiments/demo.flags", "--synthetic_classes=4", "--synthetic_videos_per_class=12",
     "--synthetic_frames=40", "--synthetic_size=40", "--labeled_fraction=0.34", "--prepare_workers=1",
-    "--width_multiplier=0.125", "--ssl_epochs=1", "--ssl_steps_per_epoch=2", "--ssl_batch_size=2",
+    "--width_multiplier=0.125", "--ssl_epochs=1", "--invariant_epochs=1", "--ssl_steps_per_epoch=2", "--ssl_batch_size=2",
     "--finetune_epochs=1", "--finetune_steps_per_epoch=2", "--student_epochs=1",
     "--student_steps_per_epoch=2", "--labeled_batch_size=2", "--unlabeled_batch_size=2",
     "--eval_clips=2", "--warmup_epochs=0",
