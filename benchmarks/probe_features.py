@@ -68,10 +68,11 @@ def main(argv):
 
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads or 2)
     from tbkeras import probe, recipe
+    from tbkeras.data import manifest
     from tbkeras.files import atomic_write_json
 
     r = recipe.Recipe(config)
-    class_names = r._class_names()
+    class_names = list(manifest.load_manifest(config.data.tfrecord_dir, config.data.train_split)["classes"])
     num_classes, composite = len(class_names), _class_kinds(class_names)
     parts = ("labeled", "unlabeled", recipe.VAL_SPLIT, config.data.test_split)
     datasets = r.eval_datasets(parts)

@@ -151,6 +151,11 @@ def test_invariant_settings_reach_pretrain_invariant_alone(tmp_path, monkeypatch
     done = {s: recipe.StageDir(recipe.stage_dir(grouped, s)).read_done()["config"]["train"]["epochs"]
             for s in ("pretrain_invariant", "pretrain_distinctive")}
     assert done == {"pretrain_invariant": 2, "pretrain_distinctive": 1}
+    # The probes' accessors: the pretrained backbone is the checkpoint's, not a fresh one.
+    pretrained, fresh = runner.pretrained_backbone("pretrain_invariant"), runner.pretrained_backbone(None)
+    assert any(not np.array_equal(a, b) for a, b in zip(pretrained.get_weights(), fresh.get_weights()))
+    with pytest.raises(ValueError, match="unknown part"):
+        runner.eval_datasets(("bogus",))
     # Changing the invariant settings reruns pretrain_invariant only.
     longer = dataclasses.replace(grouped, ssl=dataclasses.replace(grouped.ssl, invariant_epochs=3))
     recipe.Recipe(longer).run("pretrain_distinctive")
