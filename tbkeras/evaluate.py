@@ -7,7 +7,7 @@ All B*K*C views of a batch go through the classifier in one call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -96,23 +96,27 @@ def view_averaged_probabilities(model: keras.Model, views: tf.Tensor) -> tf.Tens
     return ops.mean(ops.reshape(p, (-1, num_views, p.shape[-1])), axis=1)
 
 
+def map_videos(video_fn: Callable[[tf.Tensor], tf.Tensor],
+               dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`video_fn` (views `[B, V, T, S, S, 3]` -> one row per video `[B, ...]`, traced as a
+    tf.function) over every batch of an `eval_dataset`: (rows [N, ...], labels [N], video ids [N])."""
+    per_batch = tf.function(video_fn, reduce_retracing=True)
+    rows, labels, video_ids = [], [], []
+    for element in dataset:
+        rows.append(per_batch(element["views"]).numpy())
+        labels.append(element["label"].numpy())
+        video_ids.extend(v.decode("utf-8") for v in element["video_id"].numpy())
+    if not rows:
+        raise ValueError("the evaluation dataset is empty")
+    return np.concatenate(rows), np.concatenate(labels), video_ids
+
+
 def predict_videos(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """View-averaged softmax of every video: (probabilities [N, C], labels [N], video ids [N]).
 
     `model` maps clips `[M, T, S, S, 3]` to logits `[M, C]` and runs with training=False.
     """
-    @tf.function(reduce_retracing=True)
-    def video_probabilities(views):
-        return view_averaged_probabilities(model, views)
-
-    probabilities, labels, video_ids = [], [], []
-    for element in dataset:
-        probabilities.append(video_probabilities(element["views"]).numpy())
-        labels.append(element["label"].numpy())
-        video_ids.extend(v.decode("utf-8") for v in element["video_id"].numpy())
-    if not probabilities:
-        raise ValueError("the evaluation dataset is empty")
-    return np.concatenate(probabilities), np.concatenate(labels), video_ids
+    return map_videos(lambda views: view_averaged_probabilities(model, views), dataset)
 
 
 def evaluate_classifier(model: keras.Model, dataset: tf.data.Dataset, num_classes: int,

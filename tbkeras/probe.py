@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from tbkeras.evaluate import map_videos
+
 
 def video_features(backbone: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The backbone's "pooled" output averaged over each video's views.
@@ -26,21 +28,13 @@ def video_features(backbone: keras.Model, dataset: tf.data.Dataset) -> tuple[np.
     `backbone` maps clips `[M, T, S, S, 3]` to {"pooled": [M, D], ...} (training=False).
     Returns (features float32 [N, D], labels int [N], video ids [N]).
     """
-    @tf.function(reduce_retracing=True)
     def features(views):
         num_views = views.shape[1]
         pooled = backbone(ops.reshape(views, (-1,) + tuple(views.shape[2:])), training=False)["pooled"]
         pooled = ops.cast(pooled, "float32")
         return ops.mean(ops.reshape(pooled, (-1, num_views, pooled.shape[-1])), axis=1)
 
-    feats, labels, video_ids = [], [], []
-    for element in dataset:
-        feats.append(features(element["views"]).numpy())
-        labels.append(element["label"].numpy())
-        video_ids.extend(v.decode("utf-8") for v in element["video_id"].numpy())
-    if not feats:
-        raise ValueError("video_features: the dataset is empty")
-    return np.concatenate(feats), np.concatenate(labels), video_ids
+    return map_videos(features, dataset)
 
 
 def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
