@@ -129,6 +129,10 @@ flags.DEFINE_integer("clip_stride", 2, "Frame stride of those clips.")
 flags.DEFINE_bool("supervised_baseline", False, "Also train a labels-only classifier (stage 'supervised').")
 flags.DEFINE_enum("supervised_init", "random", ["random", "ssl"], "The labels-only classifier starts from random "
                   "weights (paper Table 3 a) or from pretrain_ssl (the student alone, Table 2 a).")
+flags.DEFINE_enum("teacher_backbone", "finetune", ["finetune", "frozen"], "finetune_teachers trains backbone and "
+                  "classifier (the paper) or the classifier alone on the frozen self-supervised features.")
+flags.DEFINE_enum("supervised_backbone", "finetune", ["finetune", "frozen"], "The same for the labels-only "
+                  "classifier ('frozen' needs --supervised_init=ssl).")
 
 # Student.
 flags.DEFINE_integer("labeled_batch_size", 4, "Labeled clips per student batch (global).")
@@ -263,6 +267,7 @@ def build_config():
                                        batch_size=FLAGS.eval_batch_size, models=tuple(FLAGS.evaluate_models)),
         prepare=prepare,
         supervised_baseline=FLAGS.supervised_baseline, supervised_init=FLAGS.supervised_init,
+        teacher_backbone=FLAGS.teacher_backbone, supervised_backbone=FLAGS.supervised_backbone,
         strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus,
         mixed_precision=FLAGS.mixed_precision,
     )

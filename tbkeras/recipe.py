@@ -222,6 +222,10 @@ class RecipeConfig:
     prepare: PrepareSettings | None = None
     supervised_baseline: bool = False
     supervised_init: str = "random"  # "random": labels only (Table 3 a); "ssl": pretrain_ssl finetuned (Table 2 a)
+    # "finetune" (the paper) trains backbone and classifier; "frozen" the classifier alone on the
+    # pretrained features (`ClassifierModel(train_backbone=False)`), for teachers and baseline apart.
+    teacher_backbone: str = "finetune"
+    supervised_backbone: str = "finetune"
     strategy: str = "default"
     tpu: str = ""
     num_gpus: int = 0
@@ -230,6 +234,15 @@ class RecipeConfig:
     def __post_init__(self):
         if self.supervised_init not in ("random", "ssl"):
             raise ValueError(f"supervised_init must be 'random' or 'ssl', got {self.supervised_init!r}")
+        for name in ("teacher_backbone", "supervised_backbone"):
+            if getattr(self, name) not in BACKBONE_TRAINING:
+                raise ValueError(f"{name} must be one of {BACKBONE_TRAINING}, got {getattr(self, name)!r}")
+        if self.supervised_backbone == "frozen" and self.supervised_init != "ssl":
+            raise ValueError("supervised_backbone='frozen' needs supervised_init='ssl': "
+                             "a classifier on frozen random features learns nothing worth comparing")
+
+
+BACKBONE_TRAINING = ("finetune", "frozen")
 
 
 def stage_dir(config: RecipeConfig, stage: str) -> str:
@@ -376,9 +389,9 @@ class Recipe:
         return ProjectionHead(hidden_dim=m.projection_hidden_dim, output_dim=m.projection_dim,
                               name="projection_head")
 
-    def _classifier(self, num_classes: int, name: str) -> ClassifierModel:
-        return ClassifierModel(self._backbone(f"{name}_backbone"), num_classes,
-                               dropout=self.config.model.dropout, name=name)
+    def _classifier(self, num_classes: int, name: str, backbone: str = "finetune") -> ClassifierModel:
+        return ClassifierModel(self._backbone(f"{name}_backbone"), num_classes, dropout=self.config.model.dropout,
+                               train_backbone=backbone == "finetune", name=name)
 
     # --------------------------------------------------------------------------------- stages
     def _prepare_data(self) -> dict[str, Any]:
@@ -484,15 +497,16 @@ class Recipe:
         return metrics
 
     def _fit_classifier(self, path: str, identity: dict, settings: SupervisedSettings,
-                        pretrain_dir: str | None) -> dict[str, Any]:
-        """Labeled cross-entropy training of backbone + classifier (teachers, baseline)."""
+                        pretrain_dir: str | None, backbone: str) -> dict[str, Any]:
+        """Labeled cross-entropy training of backbone + classifier (teachers, baseline); `backbone`
+        "frozen" trains the classifier alone."""
         train = self._train(settings.train)
         done = _finished(path, stage_identity(train, identity))
         if done is not None:
             return done
         num_classes = len(self._class_names())
         with self.strategy.scope():
-            model = self._classifier(num_classes, name="classifier_model")
+            model = self._classifier(num_classes, name="classifier_model", backbone=backbone)
             if pretrain_dir is not None:
                 load_pretrained_backbone(model, pretrain_dir)
         dataset = self._distributed(pipelines.supervised_dataset, pipelines.SupervisedConfig(
@@ -506,21 +520,24 @@ class Recipe:
         for kind in TEACHER_KINDS:
             pretrain = f"pretrain_{kind}"
             identity = self._identity(finetune=dataclasses.asdict(self.config.finetune),
-                                      **{pretrain: self._done_config(pretrain)})
+                                      backbone=self.config.teacher_backbone, **{pretrain: self._done_config(pretrain)})
             metrics[kind] = self._fit_classifier(os.path.join(stage_dir(self.config, "finetune_teachers"), kind),
-                                                 identity, self.config.finetune, stage_dir(self.config, pretrain))
+                                                 identity, self.config.finetune, stage_dir(self.config, pretrain),
+                                                 self.config.teacher_backbone)
         return metrics
 
     def _supervised(self) -> dict[str, Any]:
         init = self.config.supervised_init
         upstream = {"pretrain_ssl": self._done_config("pretrain_ssl")} if init == "ssl" else {}
-        identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init=init, **upstream)
+        identity = self._identity(finetune=dataclasses.asdict(self.config.finetune), init=init,
+                                  backbone=self.config.supervised_backbone, **upstream)
         return self._fit_classifier(stage_dir(self.config, "supervised"), identity, self.config.finetune,
-                                    stage_dir(self.config, "pretrain_ssl") if init == "ssl" else None)
+                                    stage_dir(self.config, "pretrain_ssl") if init == "ssl" else None,
+                                    self.config.supervised_backbone)
 
     def _teacher(self, kind: str, num_classes: int) -> ClassifierModel:
-        teacher = self._classifier(num_classes, name=f"{kind}_teacher")
         path = os.path.join(stage_dir(self.config, "finetune_teachers"), kind)
+        teacher = self._classifier(num_classes, name=f"{kind}_teacher", backbone=_backbone_kind(path))
         checkpoints.load_weights_verified(teacher, StageDir(path).final_weights_path, what=f"finetuned {kind} teacher")
         return teacher
 
@@ -624,7 +641,8 @@ class Recipe:
             metrics = {}
             for name, weights_file in weights.items():
                 slug = name.replace(" ", "_")
-                model = self._classifier(len(class_names), name=slug)
+                model = self._classifier(len(class_names), name=slug,
+                                         backbone=_backbone_kind(os.path.dirname(weights_file)))
                 checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
                 metrics[name] = {}
                 for split, dataset in datasets.items():
@@ -686,6 +704,12 @@ def _finished(path: str, identity: dict, *outputs: str) -> dict[str, Any] | None
     if not all(tf.io.gfile.exists(os.path.join(path, name)) for name in outputs):
         return None
     return StageDir(path).read_done()["metrics"]
+
+
+def _backbone_kind(path: str) -> str:
+    """How the classifier stage finished in `path` trained its backbone ("finetune" / "frozen"), from
+    its DONE identity: the two kinds have different weights, and a checkpoint loads into its own."""
+    return StageDir(path).read_done()["config"]["stage"].get("backbone", "finetune")
 
 
 def _without_train(settings: Any) -> dict[str, Any]:

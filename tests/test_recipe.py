@@ -166,3 +166,25 @@ def test_invariant_settings_reach_pretrain_invariant_alone(tmp_path, monkeypatch
         recipe.SSLSettings(train=config.ssl.train, invariant_group_pattern="_g")
     with pytest.raises(ValueError, match="invariant_epochs must be >= 0"):
         recipe.SSLSettings(train=config.ssl.train, invariant_epochs=-1)
+
+
+def test_frozen_teacher_backbones_keep_the_pretrained_weights(tmp_path):
+    # --teacher_backbone=frozen: each finetuned teacher's backbone is its SSL checkpoint, bit for bit
+    # (only the classifier trained), and the choice is part of finetune_teachers' DONE identity.
+    videos = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 20, c) for g in (1, 2) for c in range(3) for i in range(2)]
+    write_split(str(tmp_path / "tfrecords"), "train", videos)
+    config = _config(tmp_path, teacher_backbone="frozen")
+    runner = recipe.Recipe(config)
+    for stage in ("pretrain_invariant", "pretrain_distinctive", "finetune_teachers"):
+        runner.run(stage)
+    for kind in recipe.TEACHER_KINDS:
+        pretrained = runner.pretrained_backbone(f"pretrain_{kind}")
+        teacher = runner._teacher(kind, num_classes=3)
+        for a, b in zip(pretrained.weights, teacher.backbone.weights):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{kind}: {b.path}")
+        done = recipe.StageDir(f"{recipe.stage_dir(config, 'finetune_teachers')}/{kind}").read_done()
+        assert done["config"]["stage"]["backbone"] == "frozen"
+    with pytest.raises(ValueError, match="teacher_backbone must be one of"):
+        _config(tmp_path, teacher_backbone="linear")
+    with pytest.raises(ValueError, match="supervised_backbone='frozen' needs supervised_init='ssl'"):
+        _config(tmp_path, supervised_backbone="frozen")

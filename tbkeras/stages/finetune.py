@@ -33,6 +33,13 @@ class ClassifierModel(StageModel):
         backbone: a built video backbone ({"pooled": [B, C], ...}, attribute `feature_dim`).
         num_classes: number of action classes.
         dropout: dropout before the classifier's Dense (0.5 as the official code).
+        train_backbone: False trains the classifier alone on the frozen backbone, a linear probe: the
+            backbone runs in inference mode and gets no update, and its pooled features are
+            standardised by a batch norm without scale or offset (`feature_norm`, as MAE's linear
+            probe), since raw SSL features share a large common component that a linear head on
+            its own barely gets past. With a few labeled videos per class finetuning everything
+            can forget what self-supervision learned; the paper finetunes everything (True).
+            The two kinds have different weights: load a checkpoint into the kind that wrote it.
 
     Example:
         model = ClassifierModel(r3d18(width_multiplier=0.25), num_classes=101)
@@ -42,16 +49,31 @@ class ClassifierModel(StageModel):
     """
 
     def __init__(self, backbone: keras.Model, num_classes: int, dropout: float = 0.5,
-                 name: str = "classifier_model", **kwargs):
+                 train_backbone: bool = True, name: str = "classifier_model", **kwargs):
         super().__init__(["loss", "accuracy"], name=name, **kwargs)
         self.backbone = backbone
         self.classifier = Classifier(num_classes, dropout=dropout, name="classifier")
         self.classifier(ops.zeros((1, backbone.feature_dim)))  # build, so weights can be loaded now
         self.num_classes = int(num_classes)
+        self.train_backbone = bool(train_backbone)
+        self.feature_norm = None
+        if not self.train_backbone:
+            self.feature_norm = keras.layers.BatchNormalization(center=False, scale=False, dtype="float32",
+                                                                name="feature_norm")
+            self.feature_norm.build((None, backbone.feature_dim))
         self.built = True
 
     def call(self, clip, training=False):
-        return self.classifier(self.backbone(clip, training=training)["pooled"], training=training)
+        features = self.backbone(clip, training=training and self.train_backbone)["pooled"]
+        if self.feature_norm is not None:
+            # No backward graph through a frozen backbone; the norm's statistics follow the batches.
+            features = self.feature_norm(ops.stop_gradient(ops.cast(features, "float32")), training=training)
+        return self.classifier(features, training=training)
+
+    def trainable_weights_to_update(self) -> list:
+        if self.train_backbone:
+            return self.trainable_variables
+        return self.classifier.trainable_variables
 
     def compute_terms(self, data, training: bool) -> dict:
         logits = self(data["clip"], training=training)

@@ -70,3 +70,42 @@ def test_classifier_weights_round_trip(tmp_path):
     # The same weights, inputs and kernels: equal bit for bit (1e-6 is 8 ulps of slack); a weight
     # left unloaded changes the outputs by O(1).
     np.testing.assert_allclose(np.asarray(fresh(clip)), np.asarray(model(clip)), rtol=1e-6)
+
+
+def test_frozen_backbone_trains_the_classifier_alone():
+    # train_backbone=False: the classifier's weights and the feature norm's statistics move, the
+    # backbone's (convolutions and every batch-norm statistic: it runs in inference mode) stay
+    # bit-identical.
+    model = ClassifierModel(tiny.backbone(3), tiny.NUM_CLASSES, dropout=0.0, train_backbone=False)
+    element = tiny.supervised_element(batch=6)
+    backbone_before = [np.asarray(v).copy() for v in model.backbone.weights]
+    head_before = [np.asarray(v).copy() for v in [*model.classifier.weights, *model.feature_norm.weights]]
+    tiny.fit_history(model, element, steps=2, lr=1e-2, eagerly=True)
+    for before, v in zip(backbone_before, model.backbone.weights):
+        np.testing.assert_array_equal(before, np.asarray(v), err_msg=v.path)
+    head_after = [*model.classifier.weights, *model.feature_norm.weights]
+    assert all(np.abs(before - np.asarray(v)).max() > 1e-4 for before, v in zip(head_before, head_after))
+
+
+def test_frozen_backbone_standardises_the_features():
+    # In inference mode the feature norm is (x - moving_mean) / sqrt(moving_var + eps) before the
+    # Dense (numpy reference, float64), so the logits equal the head applied to standardised features.
+    model = ClassifierModel(tiny.backbone(3), tiny.NUM_CLASSES, dropout=0.0, train_backbone=False)
+    rng = np.random.default_rng(0)
+    mean, var = rng.normal(size=model.backbone.feature_dim), rng.uniform(0.5, 2.0, model.backbone.feature_dim)
+    model.feature_norm.moving_mean.assign(mean.astype("float32"))
+    model.feature_norm.moving_variance.assign(var.astype("float32"))
+    clip = tiny.supervised_element(batch=3)["clip"]
+    features = np.asarray(model.backbone(clip)["pooled"], np.float64)
+    kernel, bias = (np.asarray(w, np.float64) for w in model.classifier.logits.weights)
+    expected = (features - mean) / np.sqrt(var + model.feature_norm.epsilon) @ kernel + bias
+    np.testing.assert_allclose(np.asarray(model(clip), np.float64), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_trained_backbone_moves_its_weights_and_statistics():
+    # The contrast that makes the test above mean something: by default the backbone learns too.
+    model = ClassifierModel(tiny.backbone(3), tiny.NUM_CLASSES, dropout=0.0)
+    before = [np.asarray(v).copy() for v in model.backbone.weights]
+    tiny.fit_history(model, tiny.supervised_element(batch=6), steps=2, lr=1e-2, eagerly=True)
+    moved = [np.abs(b - np.asarray(v)).max() > 0 for b, v in zip(before, model.backbone.weights)]
+    assert all(moved), [v.path for m, v in zip(moved, model.backbone.weights) if not m]
