@@ -11,15 +11,18 @@ import pytest
 from tests.experiments.test_run import _run
 
 # 2 classes (Oscillate vs SlideRightThenHopUp: a horizontal swing vs a slide then a hop) x 80 videos,
-# 6 of the 20 scene groups for test (48 videos), every training video labeled, 600 steps.
+# 6 of the 20 scene groups for test (48 videos), every training video labeled, 1,000 steps.
 TINY_LEARNING = [
     "--flagfile=experiments/small_scale.flags", "--synthetic_classes=2", "--synthetic_videos_per_class=80",
     "--synthetic_test_fraction=0.3", "--val_fraction=0", "--labeled_fraction=1.0", "--prepare_workers=1",
-    "--finetune_epochs=12", "--finetune_steps_per_epoch=50", "--supervised_baseline", "--seed=0",
+    "--finetune_epochs=20", "--finetune_steps_per_epoch=50", "--supervised_baseline", "--seed=0",
     "--evaluate_models=supervised",
 ]
 CHANCE = 0.5
-MIN_TOP1 = 0.75  # 0.917 measured (AMD EPYC, seed 0): 8 of the 48 test videos of margin
+# Measured (AMD EPYC; runs differ in the last bits of multi-threaded float32 sums, so a seed does not
+# fix the result): 600 steps gave 0.917-1.0 in 5 runs but 0.708 once in CI; 1,000 steps gave 1.0,
+# 0.979, 0.979, 0.979 (seeds 0-3). The threshold leaves 11 of the 48 test videos of margin.
+MIN_TOP1 = 0.75
 
 
 @pytest.mark.slow
