@@ -112,6 +112,8 @@ flags.DEFINE_bool("global_clip_as_timestamp", False, "Add the global clip as one
 flags.DEFINE_float("tclr_weight_invariance", 1.0, "pretrain_ssl: weight of L_I.")
 flags.DEFINE_float("tclr_weight_pooled", 1.0, "pretrain_ssl: weight of L_D1.")
 flags.DEFINE_float("tclr_weight_global_local", 1.0, "pretrain_ssl: weight of L_D2.")
+flags.DEFINE_string("tclr_group_pattern", "", "pretrain_ssl: batches by group, as --invariant_group_pattern for "
+                    "pretrain_invariant (its L_I term then contrasts videos of one scene). '' (the paper) = shuffled.")
 
 # TSTR scoring (stage 3).
 flags.DEFINE_integer("tstr_num_clips", 4, "Evenly spaced clips n per video scored by TSTR (n x n matrices, Eq. 5).")
@@ -246,6 +248,7 @@ def build_config():
             train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
             clip_length=FLAGS.ssl_clip_length, global_clip_length=FLAGS.ssl_global_clip_length,
             invariant_epochs=FLAGS.invariant_epochs, invariant_group_pattern=FLAGS.invariant_group_pattern,
+            tclr_group_pattern=FLAGS.tclr_group_pattern,
             contrastive=ContrastiveConfig(temperature=FLAGS.temperature, denominator=FLAGS.denominator,
                                           gather_negatives=FLAGS.gather_negatives,
                                           global_clip_as_timestamp=FLAGS.global_clip_as_timestamp),

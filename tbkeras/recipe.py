@@ -139,12 +139,27 @@ class SSLSettings:
     # batches of one group each ("" = the paper's shuffled batches; see pipelines.SSLConfig).
     invariant_epochs: int = 0
     invariant_group_pattern: str = ""
+    # pretrain_ssl only: the same grouping for its batches (its L_I term is the one across videos;
+    # L_D1 and L_D2 contrast clips of one video, which grouping leaves alone).
+    tclr_group_pattern: str = ""
 
     def __post_init__(self):
         if self.invariant_epochs < 0:
             raise ValueError(f"invariant_epochs must be >= 0 (0 = the SSL epochs), got {self.invariant_epochs}")
-        if self.invariant_group_pattern:
-            pipelines.group_pattern_regex(self.invariant_group_pattern)
+        for pattern in (self.invariant_group_pattern, self.tclr_group_pattern):
+            if pattern:
+                pipelines.group_pattern_regex(pattern)
+
+    def stage_settings(self, stage: str) -> tuple[dict[str, Any], str]:
+        """The settings that define SSL stage `stage` (minus `train`) and its batches' group pattern:
+        a setting of one stage alone does not make the others rerun."""
+        own = {"pretrain_invariant": ("invariant_epochs", "invariant_group_pattern"),
+               "pretrain_ssl": ("tclr_group_pattern",)}
+        others = {k for s, keys in own.items() if s != stage for k in keys}
+        settings = {k: v for k, v in _without_train(self).items() if k not in others}
+        pattern = {"pretrain_invariant": self.invariant_group_pattern,
+                   "pretrain_ssl": self.tclr_group_pattern}.get(stage, "")
+        return settings, pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,13 +443,10 @@ class Recipe:
 
     def _pretrain(self, stage: str, model_cls: Callable, extra: dict, views: int = 2) -> dict[str, Any]:
         ssl = self.config.ssl
-        invariant = stage == "pretrain_invariant"
         train = self._train(ssl.train)
-        settings = _without_train(ssl)
-        if invariant and ssl.invariant_epochs:
+        settings, group_pattern = ssl.stage_settings(stage)
+        if stage == "pretrain_invariant" and ssl.invariant_epochs:
             train = dataclasses.replace(train, epochs=ssl.invariant_epochs)
-        if not invariant:  # settings of pretrain_invariant alone do not make the others rerun
-            settings = {k: v for k, v in settings.items() if not k.startswith("invariant_")}
         identity = self._identity(uses_labels=False, ssl=settings, **extra)
         path = stage_dir(self.config, stage)
         done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)
@@ -447,7 +459,7 @@ class Recipe:
             num_clips=ssl.num_clips, clip_length=ssl.clip_length, global_clip_length=ssl.global_clip_length or None,
             views=views, augment=self.config.data.ssl_augment,
             pixels=self._pixels(), read=self._read(),
-            group_pattern=ssl.invariant_group_pattern if invariant else ""))
+            group_pattern=group_pattern))
         result = fit_stage(model, dataset, stage_dir=path, config=train, stage_config=identity)
         checkpoints.save_encoder(path, model.backbone, model.head)
         return result.metrics

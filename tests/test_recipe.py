@@ -130,7 +130,7 @@ def test_mixed_bfloat16_trains_on_bfloat16_clips(tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
-def test_invariant_settings_reach_pretrain_invariant_alone(tmp_path, monkeypatch):
+def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
     videos = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 20, c) for g in (1, 2) for c in range(3) for i in range(2)]
     write_split(str(tmp_path / "tfrecords"), "train", videos)
     seen = {}
@@ -143,11 +143,12 @@ def test_invariant_settings_reach_pretrain_invariant_alone(tmp_path, monkeypatch
     monkeypatch.setattr(pipelines, "ssl_dataset", spy)
     config = _config(tmp_path)
     grouped = dataclasses.replace(config, ssl=dataclasses.replace(
-        config.ssl, invariant_epochs=2, invariant_group_pattern=r"_g(\d+)_c\d+$"))
+        config.ssl, invariant_epochs=2, invariant_group_pattern=r"_g(\d+)_c\d+$", tclr_group_pattern=r"_g(\d+)_"))
     runner = recipe.Recipe(grouped)
     runner.run("pretrain_invariant")
     runner.run("pretrain_distinctive")
-    assert seen["patterns"] == [r"_g(\d+)_c\d+$", ""]
+    runner.run("pretrain_ssl")
+    assert seen["patterns"] == [r"_g(\d+)_c\d+$", "", r"_g(\d+)_"]
     done = {s: recipe.StageDir(recipe.stage_dir(grouped, s)).read_done()["config"]["train"]["epochs"]
             for s in ("pretrain_invariant", "pretrain_distinctive")}
     assert done == {"pretrain_invariant": 2, "pretrain_distinctive": 1}
@@ -159,11 +160,18 @@ def test_invariant_settings_reach_pretrain_invariant_alone(tmp_path, monkeypatch
     # Changing the invariant settings reruns pretrain_invariant only.
     longer = dataclasses.replace(grouped, ssl=dataclasses.replace(grouped.ssl, invariant_epochs=3))
     recipe.Recipe(longer).run("pretrain_distinctive")
-    assert len(seen["patterns"]) == 2  # found DONE: no pipeline built
+    assert len(seen["patterns"]) == 3  # found DONE: no pipeline built
     recipe.Recipe(longer).run("pretrain_invariant")
-    assert len(seen["patterns"]) == 3
+    assert len(seen["patterns"]) == 4
+    # And tclr_group_pattern reruns pretrain_ssl only.
+    regrouped = dataclasses.replace(longer, ssl=dataclasses.replace(longer.ssl, tclr_group_pattern=""))
+    for stage in ("pretrain_invariant", "pretrain_distinctive", "pretrain_ssl"):
+        recipe.Recipe(regrouped).run(stage)
+    assert seen["patterns"][4:] == [""]
     with pytest.raises(ValueError, match="needs a capture group"):
         recipe.SSLSettings(train=config.ssl.train, invariant_group_pattern="_g")
+    with pytest.raises(ValueError, match="needs a capture group"):
+        recipe.SSLSettings(train=config.ssl.train, tclr_group_pattern="_g")
     with pytest.raises(ValueError, match="invariant_epochs must be >= 0"):
         recipe.SSLSettings(train=config.ssl.train, invariant_epochs=-1)
 
