@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py            # R3D-18 at 112 px, Slow-R50 at 224 px: hours on 2 cores
     python benchmarks/bench_train_step.py --quick    # width 0.125, 32 px, batch 2, N=2: a smoke test
     python benchmarks/bench_train_step.py --models=r3d18 --stages=finetune --precisions=bf16   # one row
+    python benchmarks/bench_train_step.py ... --profile_steps=2   # + op time by kind: where the gap is
 
 Why: speed claims against PyTorch must be measured side by side on the CPU at hand (the CPUs here
 differ, and a choice such as `strided_conv` that wins on one loses on another; issue #13).
@@ -31,6 +32,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -68,6 +70,8 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, oneDNN primitiv
 flags.DEFINE_integer("threads", 2, "Threads of each process (TF intra-op; torch set_num_threads).")
 flags.DEFINE_integer("worker_timeout", 4 * 3600, "Seconds before a measuring process is killed.")
 flags.DEFINE_bool("quick", False, "Smoke test: width 0.125, 32 px, batch 2, 2 SSL videos, 2 steps, 1 warm-up.")
+flags.DEFINE_integer("profile_steps", 0, "After timing, profile this many more steps of each process and "
+                     "report op time by kind (conv forward / backward, batch norm, casts, other).")
 flags.DEFINE_string("output", "", "JSON results (default benchmarks/results/train_step[_quick].json).")
 flags.DEFINE_string("worker", "", "Internal: run one measurement described by this JSON and print it.")
 
@@ -91,6 +95,7 @@ class Job:
     steps: int
     warmup: int
     threads: int
+    profile_steps: int = 0  # > 0: then profile this many more steps, op time by kind (`profile_ops`)
 
     @property
     def label(self) -> str:
@@ -370,8 +375,90 @@ def run_worker(job: Job) -> dict[str, Any]:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"build_seconds": built, "warmup_seconds": warmup, "step_seconds": times,
-            "median_seconds": statistics.median(times)}
+    result = {"build_seconds": built, "warmup_seconds": warmup, "step_seconds": times,
+              "median_seconds": statistics.median(times)}
+    if job.profile_steps:
+        result["profile"] = profile_ops(job, step)
+    return result
+
+
+# ----------------------------------------------------------------------------- profiling
+
+OP_KINDS = ("conv forward", "conv backward, input", "conv backward, filter", "conv backward, both",
+            "batch norm", "cast", "other")
+
+
+_BN_LAYER = re.compile(r"(^|_)bn\d*(_\d+)?$")  # tbkeras' batch-norm layer names ("layer1_block0_bn1_1")
+
+
+def op_kind(op_type: str, op_name: str = "") -> str:
+    """The kind of a TF op (type `_MklNativeConv3DBackpropFilterV2`, name `r3d18_1/stem_bn_1/Sub`:
+    Keras computes batch norm from elementwise ops, so its layer name tells them) or of a torch op
+    (`aten::convolution_backward`)."""
+    name = op_type.lower()
+    if "backpropfilter" in name:
+        return "conv backward, filter"
+    if "backpropinput" in name:
+        return "conv backward, input"
+    if "convolution_backward" in name:  # torch computes both gradients in one op
+        return "conv backward, both"
+    if "conv3d" in name or "convolution" in name:
+        return "conv forward"
+    if "batch_norm" in name or "batchnorm" in name or any(_BN_LAYER.search(part) for part in op_name.split("/")):
+        return "batch norm"
+    if name in ("cast", "aten::copy_", "aten::to", "aten::_to_copy") or name.endswith("::to"):
+        return "cast"
+    return "other"
+
+
+def profile_ops(job: Job, step: Callable[[], None]) -> dict[str, Any]:
+    """Op time per step (ms) by kind (`OP_KINDS`) and the 8 costliest op types, over
+    `job.profile_steps` steps under the framework's own profiler. TF: the op events of the executor
+    threads (with 1 inter-op thread they run one at a time, so their sum is the step's op time);
+    torch: each op's self CPU time."""
+    import collections
+
+    totals: collections.Counter = collections.Counter()  # op type -> ms
+    kinds = {kind: 0.0 for kind in OP_KINDS}
+    if job.impl == "tbkeras":
+        import glob
+        import tempfile
+
+        import tensorflow as tf
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+        with tempfile.TemporaryDirectory() as log_dir:
+            tf.profiler.experimental.start(log_dir)
+            for _ in range(job.profile_steps):
+                step()
+            tf.profiler.experimental.stop()
+            space = xplane_pb2.XSpace()
+            with open(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+                space.ParseFromString(f.read())
+        for plane in space.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):
+                    continue
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    if name.count(":") != 1:  # an op is "<op name>:<op type>"; "ExecutorState::Process" is not
+                        continue
+                    op_name, op_type = name.split(":")
+                    totals[op_type] += event.duration_ps / 1e9
+                    kinds[op_kind(op_type, op_name)] += event.duration_ps / 1e9
+    else:
+        import torch
+
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(job.profile_steps):
+                step()
+        for event in prof.key_averages():
+            totals[event.key] += event.self_cpu_time_total / 1e3
+            kinds[op_kind(event.key)] += event.self_cpu_time_total / 1e3
+    n = job.profile_steps
+    top = sorted(totals.items(), key=lambda item: -item[1])[:8]
+    return {"steps": n, "ms_per_step_by_kind": {k: ms / n for k, ms in kinds.items()},
+            "ms_per_step_total": sum(totals.values()) / n, "top_ops_ms_per_step": {k: ms / n for k, ms in top}}
 
 
 def spawn(job: Job, timeout: int) -> dict[str, Any]:
@@ -454,6 +541,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_profile(rows: list[dict[str, Any]]) -> str:
+    """Op time per step by kind, ms (share of the op total), one line per implementation."""
+    lines = ["| model | stage | precision | implementation | " + " | ".join(OP_KINDS) + " | op total | step |",
+             "|---|---|---|---|" + "---:|" * (len(OP_KINDS) + 2)]
+    for row in rows:
+        for label, run in row["runs"].items():
+            prof = run.get("profile")
+            if not prof:
+                continue
+            total = prof["ms_per_step_total"]
+            cells = [f"{ms:.0f} ({100 * ms / total:.0f}%)" if ms else "" for ms in prof["ms_per_step_by_kind"].values()]
+            lines.append(f"| {row['model']} | {row['stage']} | {row['precision']} | {label} | " + " | ".join(cells)
+                         + f" | {total:.0f} | {1e3 * run['median_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _check_choices(name: str, values: list[str], choices: tuple[str, ...]) -> None:
     bad = [v for v in values if v not in choices]
     if bad or not values:
@@ -501,7 +604,8 @@ def main(argv):
         for stage in FLAGS.stages:
             for precision in FLAGS.precisions:
                 jobs = [Job(impl, sc, model, stage, precision, width, sizes[model], batches[model], ssl_videos,
-                            FLAGS.ssl_num_clips, FLAGS.ssl_frames, FLAGS.frames, steps, warmup, FLAGS.threads)
+                            FLAGS.ssl_num_clips, FLAGS.ssl_frames, FLAGS.frames, steps, warmup, FLAGS.threads,
+                            FLAGS.profile_steps)
                         for impl, sc in variants]
                 if len(rows) % 2:
                     jobs.reverse()  # alternate which implementation goes first
@@ -524,6 +628,8 @@ def main(argv):
     setup["load_average_after"] = os.getloadavg()
     atomic_write_json(output, {"setup": setup, "rows": rows})
     print(markdown(rows))
+    if FLAGS.profile_steps:
+        print(markdown_profile(rows))
     m = setup["machine"]
     print(f"{setup['seconds'] / 60:.1f} min on {m['cpu']} ({m['cores']} cores, {FLAGS.threads} threads per process; "
           f"strided_conv='auto' would train the faster of the two tbkeras rows); wrote {output}")
