@@ -388,7 +388,8 @@ OP_KINDS = ("conv forward", "conv backward, input", "conv backward, filter", "co
             "batch norm", "cast", "other")
 
 
-_BN_LAYER = re.compile(r"(^|_)bn\d*(_\d+)?$")  # tbkeras' batch-norm layer names ("layer1_block0_bn1_1")
+# tbkeras' batch-norm layer names, with Keras' call suffix: "layer1_block0_bn1_1", "layer1_block0_bn_b_1"
+_BN_LAYER = re.compile(r"(^|_)bn(\d+|_[a-z])?(_\d+)?$")
 
 
 def op_kind(op_type: str, op_name: str = "") -> str:
