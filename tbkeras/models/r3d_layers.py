@@ -6,6 +6,8 @@
 - `conv3d_bn`: PyTorch-style convolution (explicit symmetric zero padding + 'valid' conv, no bias)
   followed by BatchNorm with PyTorch's epsilon / momentum, optionally ReLU.
 - `SubsampledConv3D`: a strided Conv3D computed as a stride-1 convolution and a subsampling.
+- `FusedBatchNormalization`: Keras' BatchNormalization (same weights, outputs and moving update)
+  on TF's fused kernel for 5-D channels-last input.
 
 Why subsample: on some CPUs and shapes TensorFlow's kernels for the *gradient* of a strided
 Conv3D are pathologically slow. Measured on one 2-core machine (`benchmarks/bench_strided_conv.py`),
@@ -71,6 +73,55 @@ class SubsampledConv3D(keras.layers.Conv3D):
         return _subsample(ops.conv(inputs, kernel, strides=1, padding="valid"), self.strides)
 
 
+@keras.saving.register_keras_serializable(package="tbkeras")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` computed by TF's fused kernel (`FusedBatchNormV3`, oneDNN
+    on CPU) for 5-D channels-last input: the same variables, outputs (to float32 rounding) and
+    moving-statistics update (momentum on the biased batch variance, as Keras does).
+
+    Why: Keras computes batch norm from ~10 elementwise ops in float32, upcasting bfloat16
+    activations and casting them back; the fused kernel normalises bfloat16 input with float32
+    statistics in one pass, and its gradient in another. In the bf16 train steps measured against
+    PyTorch, Keras' batch norm was a third of R3D-18's gap and 61% of Slow-R50's (BENCHMARKS.md,
+    "Where the time goes"). Another backend, rank or axis, a mask, renorm, synchronized statistics
+    or a missing scale / offset fall back to Keras' own computation.
+    """
+
+    def _fused(self, inputs, mask) -> bool:
+        return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
+                and not self.synchronized and self.center and self.scale and len(inputs.shape) == 5
+                and self.axis in (-1, 4))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        if inputs.dtype not in (tf.float32, tf.bfloat16):  # the kernel's input types on CPU
+            inputs = tf.cast(inputs, tf.float32)
+        # [B, T, H, W, C] -> [B*T, H, W, C]: the same per-channel statistics, and TF hands 4-D NHWC
+        # batch norm to oneDNN (2-3x faster than its 5-D kernel, forward + gradient, measured).
+        shape = tf.shape(inputs)
+        x = tf.reshape(inputs, tf.concat([[-1], shape[2:]], axis=0))
+        if training and self.trainable:
+            empty = tf.constant([], tf.float32)
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma, offset=self.beta, mean=empty, variance=empty, epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            # The kernel normalises by the biased batch variance but returns the unbiased one.
+            count = tf.cast(tf.size(x, out_type=tf.int64) // tf.cast(shape[-1], tf.int64), tf.float32)
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            y, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma, offset=self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC", is_training=False)
+        y = tf.reshape(y, shape)
+        y.set_shape(inputs.shape)
+        return ops.cast(y, self.compute_dtype)
+
+
 def conv3d_bn(
     x,
     filters: int,
@@ -106,7 +157,7 @@ def conv3d_bn(
             filters, kernel_size, strides=strides, padding="valid", use_bias=False,
             kernel_initializer=conv_initializer(), name=conv_name,
         )(x)
-    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
+    x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
         x = keras.layers.ReLU(name=f"{bn_name}_relu")(x)
     return x
