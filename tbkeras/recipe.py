@@ -404,9 +404,9 @@ class Recipe:
         return ProjectionHead(hidden_dim=m.projection_hidden_dim, output_dim=m.projection_dim,
                               name="projection_head")
 
-    def _classifier(self, num_classes: int, name: str, backbone: str = "finetune") -> ClassifierModel:
+    def _classifier(self, num_classes: int, name: str, backbone_training: str = "finetune") -> ClassifierModel:
         return ClassifierModel(self._backbone(f"{name}_backbone"), num_classes, dropout=self.config.model.dropout,
-                               train_backbone=backbone == "finetune", name=name)
+                               train_backbone=backbone_training == "finetune", name=name)
 
     # --------------------------------------------------------------------------------- stages
     def _prepare_data(self) -> dict[str, Any]:
@@ -509,16 +509,16 @@ class Recipe:
         return metrics
 
     def _fit_classifier(self, path: str, identity: dict, settings: SupervisedSettings,
-                        pretrain_dir: str | None, backbone: str) -> dict[str, Any]:
-        """Labeled cross-entropy training of backbone + classifier (teachers, baseline); `backbone`
-        "frozen" trains the classifier alone."""
+                        pretrain_dir: str | None, backbone_training: str) -> dict[str, Any]:
+        """Labeled cross-entropy training of backbone + classifier (teachers, baseline);
+        `backbone_training` "frozen" trains the classifier alone."""
         train = self._train(settings.train)
         done = _finished(path, stage_identity(train, identity))
         if done is not None:
             return done
         num_classes = len(self._class_names())
         with self.strategy.scope():
-            model = self._classifier(num_classes, name="classifier_model", backbone=backbone)
+            model = self._classifier(num_classes, name="classifier_model", backbone_training=backbone_training)
             if pretrain_dir is not None:
                 load_pretrained_backbone(model, pretrain_dir)
         dataset = self._distributed(pipelines.supervised_dataset, pipelines.SupervisedConfig(
@@ -549,7 +549,8 @@ class Recipe:
 
     def _teacher(self, kind: str, num_classes: int) -> ClassifierModel:
         path = os.path.join(stage_dir(self.config, "finetune_teachers"), kind)
-        teacher = self._classifier(num_classes, name=f"{kind}_teacher", backbone=_backbone_kind(path))
+        teacher = self._classifier(num_classes, name=f"{kind}_teacher",
+                                   backbone_training=_backbone_training(StageDir(path).read_done()["config"]))
         checkpoints.load_weights_verified(teacher, StageDir(path).final_weights_path, what=f"finetuned {kind} teacher")
         return teacher
 
@@ -654,7 +655,7 @@ class Recipe:
             for name, weights_file in weights.items():
                 slug = name.replace(" ", "_")
                 model = self._classifier(len(class_names), name=slug,
-                                         backbone=_backbone_kind(os.path.dirname(weights_file)))
+                                         backbone_training=_backbone_training(identity["models"][name]))
                 checkpoints.load_weights_verified(model, weights_file, what=f"{name} weights")
                 metrics[name] = {}
                 for split, dataset in datasets.items():
@@ -718,10 +719,10 @@ def _finished(path: str, identity: dict, *outputs: str) -> dict[str, Any] | None
     return StageDir(path).read_done()["metrics"]
 
 
-def _backbone_kind(path: str) -> str:
-    """How the classifier stage finished in `path` trained its backbone ("finetune" / "frozen"), from
-    its DONE identity: the two kinds have different weights, and a checkpoint loads into its own."""
-    return StageDir(path).read_done()["config"]["stage"].get("backbone", "finetune")
+def _backbone_training(done_config: dict[str, Any]) -> str:
+    """How a finished classifier stage trained its backbone ("finetune" / "frozen"), from the config
+    its DONE records: the two kinds have different weights, and a checkpoint loads into its own."""
+    return done_config["stage"].get("backbone", "finetune")
 
 
 def _without_train(settings: Any) -> dict[str, Any]:

@@ -25,6 +25,12 @@ def _config(tmp_path, **overrides) -> recipe.RecipeConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def _write_grouped_videos(tmp_path) -> None:
+    """A train split of 3 classes x 2 scene groups x 2 clips, ids in UCF101's `_gNN_cNN` form."""
+    videos = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 20, c) for g in (1, 2) for c in range(3) for i in range(2)]
+    write_split(str(tmp_path / "tfrecords"), "train", videos)
+
+
 def test_all_runs_the_paper_order_and_skips_what_the_ablation_does_not_use(tmp_path):
     config = _config(tmp_path)
     assert recipe.stages_for_all(config) == [
@@ -131,8 +137,7 @@ def test_mixed_bfloat16_trains_on_bfloat16_clips(tmp_path):
 
 
 def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
-    videos = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 20, c) for g in (1, 2) for c in range(3) for i in range(2)]
-    write_split(str(tmp_path / "tfrecords"), "train", videos)
+    _write_grouped_videos(tmp_path)
     seen = {}
     real = pipelines.ssl_dataset
 
@@ -179,8 +184,7 @@ def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
 def test_frozen_teacher_backbones_keep_the_pretrained_weights(tmp_path):
     # --teacher_backbone=frozen: each finetuned teacher's backbone is its SSL checkpoint, bit for bit
     # (only the classifier trained), and the choice is part of finetune_teachers' DONE identity.
-    videos = [FakeVideo(f"v_C{c}_g{g:02d}_c{i:02d}", 20, c) for g in (1, 2) for c in range(3) for i in range(2)]
-    write_split(str(tmp_path / "tfrecords"), "train", videos)
+    _write_grouped_videos(tmp_path)
     config = _config(tmp_path, teacher_backbone="frozen")
     runner = recipe.Recipe(config)
     for stage in ("pretrain_invariant", "pretrain_distinctive", "finetune_teachers"):
