@@ -2,6 +2,7 @@
 
     python experiments/serve.py --export_dir=runs/demo/export/student --model_name=student --port=8501
     curl -d '{"instances": [...]}' localhost:8501/v1/models/student:predict
+    python experiments/serve.py ... --grpc_port=8500   # TF Serving's gRPC Predict too
 
 Flags follow TF Serving's where it has one (--port, --model_name, --enable_batching,
 --max_batch_size, --batch_timeout_micros, --num_batch_threads). SIGTERM or SIGINT stops accepting,
@@ -48,6 +49,10 @@ _BATCH_TIMEOUT_MICROS = flags.DEFINE_integer(
 _NUM_BATCH_THREADS = flags.DEFINE_integer("num_batch_threads", _DEFAULTS.num_batch_threads,
                                           "Batches run concurrently.", lower_bound=1)
 _ACCESS_LOG = flags.DEFINE_bool("access_log", False, "Log one line per request: client, method, path, status, latency.")
+_GRPC_PORT = flags.DEFINE_integer(
+    "grpc_port", None, "Also answer TF Serving's gRPC PredictionService.Predict on this port (TF Serving's default "
+    "is 8500; 0 = any free). Needs `pip install --no-deps -r requirements-grpc.txt`. Unset: REST only.",
+    lower_bound=0, upper_bound=65535)
 
 
 def main(argv):
@@ -59,18 +64,24 @@ def main(argv):
         keep_alive_timeout=_KEEP_ALIVE_TIMEOUT.value, graceful_timeout=_GRACEFUL_TIMEOUT.value,
         enable_batching=_ENABLE_BATCHING.value, max_batch_size=_MAX_BATCH_SIZE.value,
         batch_timeout_micros=_BATCH_TIMEOUT_MICROS.value, num_batch_threads=_NUM_BATCH_THREADS.value,
-        access_log=_ACCESS_LOG.value)
+        access_log=_ACCESS_LOG.value, grpc_port=_GRPC_PORT.value)
     if config.access_log:
         std_logging.getLogger("tbkeras.serving.access").setLevel(std_logging.INFO)
     try:
         model = serving.ServedModel.load(_EXPORT_DIR.value, name=_MODEL_NAME.value, version=_MODEL_VERSION.value)
     except FileNotFoundError as e:
         raise app.UsageError(f"--export_dir: {e}") from None
+    if config.grpc_port is not None:
+        from tbkeras.serving import grpc_service
+
+        if not grpc_service.available():
+            raise app.UsageError(f"--grpc_port: {grpc_service.INSTALL_HINT}")
 
     def ready(server: serving.Server) -> None:
-        logging.info("serving %s at http://%s:%d/v1/models/%s:predict (signatures %s)%s", _EXPORT_DIR.value,
+        logging.info("serving %s at http://%s:%d/v1/models/%s:predict (signatures %s)%s%s", _EXPORT_DIR.value,
                      config.host, server.port, model.name, ", ".join(sorted(model.signatures)),
-                     ", batching" if config.enable_batching else "")
+                     ", batching" if config.enable_batching else "",
+                     f", gRPC on {config.host}:{server.grpc_port}" if server.grpc_port is not None else "")
 
     serving.serve(model, config, on_ready=ready)
     logging.info("stopped: requests in flight finished")

@@ -23,6 +23,8 @@ and input shapes are concatenated along the batch axis and run as one call (`Bat
 Serving's `--enable_batching` (`max_batch_size`, `batch_timeout_micros`, `num_batch_threads`).
 SIGTERM or SIGINT: stop accepting, finish the requests in flight (at most `graceful_timeout`
 seconds), return (so the process exits 0). One access-log line per request behind `access_log`.
+With `grpc_port`, TF Serving's gRPC Predict is answered too, by the same model and batcher
+(`grpc_service`).
 """
 from __future__ import annotations
 
@@ -85,6 +87,8 @@ class ServerConfig:
       of concurrent requests, as TF Serving's flags of the same names.
     access_log: one line per request (client, method, path, status, latency) on the
       `tbkeras.serving.access` logger.
+    grpc_port: also answer TF Serving's gRPC `PredictionService.Predict` on this port (0: any free
+      one; None: no gRPC), with the same model, limits and batcher (`grpc_service`).
     """
 
     host: str = "127.0.0.1"
@@ -102,8 +106,11 @@ class ServerConfig:
     batch_timeout_micros: int = 2000
     num_batch_threads: int = 1
     access_log: bool = False
+    grpc_port: int | None = None
 
     def __post_init__(self):
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"ServerConfig.grpc_port must be a port number 0-65535 (or None: no gRPC), got {self.grpc_port}")
         for name in ("workers", "max_connections", "max_body_bytes", "max_batch_size", "num_batch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -275,9 +282,7 @@ class ServedModel:
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         signature_name = body.get("signature_name", "serving_default")
-        if not isinstance(signature_name, str) or signature_name not in self.signatures:
-            raise BadRequest(f"unknown signature_name {signature_name!r}; this model has {sorted(self.signatures)}")
-        specs = self._specs[signature_name]
+        specs = self.specs(signature_name)
         if ("instances" in body) == ("inputs" in body):
             raise BadRequest('the request body needs exactly one of "instances" (row) or "inputs" (columnar)')
         row_format = "instances" in body
@@ -297,13 +302,28 @@ class ServedModel:
         missing = sorted(set(specs) - {k for k, v in columns.items() if v is not None})
         if missing:
             raise BadRequest(f"missing input(s) {missing}; the signature {signature_name!r} takes {sorted(specs)}")
-        inputs = {}
+        inputs = {k: _string_array(columns[k], k) if spec.dtype == tf.string else _numeric_array(columns[k], spec.dtype, k)
+                  for k, spec in specs.items()}
+        return self.checked(signature_name, inputs, row_format)
+
+    def specs(self, signature_name: str) -> dict[str, tf.TensorSpec]:
+        """The input specs of a signature. Raises BadRequest for an unknown one."""
+        if not isinstance(signature_name, str) or signature_name not in self.signatures:
+            raise BadRequest(f"unknown signature_name {signature_name!r}; this model has {sorted(self.signatures)}")
+        return self._specs[signature_name]
+
+    def checked(self, signature_name: str, inputs: dict[str, np.ndarray], row_format: bool) -> Prepared:
+        """Every input of the signature, each of a compatible shape, all of one non-empty batch size
+        (REST and gRPC requests alike). Raises BadRequest."""
+        specs = self.specs(signature_name)
+        missing, unknown = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
+        if missing or unknown:
+            raise BadRequest(f"the signature {signature_name!r} takes the inputs {sorted(specs)}; "
+                             f"missing {missing}, unknown {unknown}")
         for k, spec in specs.items():
-            array = _string_array(columns[k], k) if spec.dtype == tf.string else _numeric_array(columns[k], spec.dtype, k)
-            if not spec.shape.is_compatible_with(array.shape):
-                raise BadRequest(f"input {k!r} has shape {list(array.shape)}; the signature {signature_name!r} "
+            if not spec.shape.is_compatible_with(inputs[k].shape):
+                raise BadRequest(f"input {k!r} has shape {list(inputs[k].shape)}; the signature {signature_name!r} "
                                  f"wants {[d if d is not None else -1 for d in spec.shape.as_list()]} (-1: any)")
-            inputs[k] = array
         if len({len(v) for v in inputs.values()}) > 1:
             raise BadRequest(f"the inputs differ in their first (batch) dimension: "
                              f"{ {k: len(v) for k, v in inputs.items()} }")
@@ -459,27 +479,35 @@ def _json_error(status: int, message: str, close: bool = False) -> Response:
 class _State:
     """What the app's requests share: the worker pool, the batcher and the admission count."""
 
-    def __init__(self, model: ServedModel, config: ServerConfig):
+    def __init__(self, model: ServedModel, config: ServerConfig, batcher: Batcher | None = None):
         self.model = model
         self.config = config
         self.pool = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="worker")
-        self.batcher = (Batcher(model, config.max_batch_size, config.batch_timeout_micros / 1e6,
-                                config.num_batch_threads) if config.enable_batching else None)
+        self._owns_batcher = batcher is None
+        self.batcher = batcher if batcher is not None else make_batcher(model, config)
         self.admitted = 0
 
     def close(self) -> None:
-        if self.batcher is not None:
+        if self.batcher is not None and self._owns_batcher:
             self.batcher.close()
         self.pool.shutdown(wait=True)
 
 
-def make_app(model: ServedModel, config: ServerConfig = ServerConfig()) -> Starlette:
-    """The ASGI app (starlette) for `model`, with the access log as middleware when configured."""
+def make_batcher(model: ServedModel, config: ServerConfig) -> Batcher | None:
+    """The config's batcher (None without `enable_batching`)."""
+    if not config.enable_batching:
+        return None
+    return Batcher(model, config.max_batch_size, config.batch_timeout_micros / 1e6, config.num_batch_threads)
+
+
+def make_app(model: ServedModel, config: ServerConfig = ServerConfig(), batcher: Batcher | None = None) -> Starlette:
+    """The ASGI app (starlette) for `model`, with the access log as middleware when configured.
+    `batcher`: one shared with the gRPC service (else the app makes its own if batching)."""
     state_box: dict[str, _State] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state_box["state"] = _State(model, config)
+        state_box["state"] = _State(model, config, batcher)
         try:
             yield
         finally:
@@ -682,32 +710,68 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _UvicornServer(uvicorn.Server):
+    """uvicorn's server, telling `on_shutdown` the moment it stops accepting (the gRPC server then
+    stops accepting too, and both drain their calls in flight together)."""
+
+    on_shutdown: Callable[[], None] | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
 @dataclasses.dataclass
 class Server:
-    """A uvicorn server bound to its socket (`port` is the real one when 0 was asked)."""
+    """A uvicorn server bound to its socket (`port` is the real one when 0 was asked), and the
+    gRPC server beside it when `grpc_port` was configured."""
 
-    uvicorn_server: uvicorn.Server
+    uvicorn_server: _UvicornServer
     sock: socket.socket
     app: Starlette
+    grpc_server: Any = None
+    grpc_port: int | None = None
+    batcher: Batcher | None = None  # shared by REST and gRPC (only when both run)
+    graceful_timeout: float = 30.0
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
     def run(self) -> None:
-        """Serve until SIGTERM / SIGINT (main thread) or `should_exit`; drain in-flight requests."""
-        self.uvicorn_server.run(sockets=[self.sock])
+        """Serve until SIGTERM / SIGINT (main thread) or `should_exit`; drain in-flight requests
+        (REST and gRPC alike)."""
+        grpc_stopped: list[threading.Event] = []
+        if self.grpc_server is not None:
+            self.grpc_server.start()
+            self.uvicorn_server.on_shutdown = lambda: grpc_stopped.append(self.grpc_server.stop(self.graceful_timeout))
+        try:
+            self.uvicorn_server.run(sockets=[self.sock])
+        finally:
+            if self.grpc_server is not None:
+                (grpc_stopped[0] if grpc_stopped else self.grpc_server.stop(self.graceful_timeout)).wait()
+            if self.batcher is not None:
+                self.batcher.close()
 
 
 def make_server(model: ServedModel, config: ServerConfig = ServerConfig()) -> Server:
-    """A server for `model` on `config.host:config.port` (port 0 picks a free one); call `run()`."""
-    app = make_app(model, config)
+    """A server for `model` on `config.host:config.port` (port 0 picks a free one), and gRPC on
+    `config.grpc_port` if set; call `run()`."""
+    grpc_server = grpc_port = batcher = None
+    if config.grpc_port is not None:
+        from tbkeras.serving import grpc_service  # optional: needs tensorflow-serving-api's protos
+
+        batcher = make_batcher(model, config)
+        grpc_server, grpc_port = grpc_service.make_grpc_server(model, config, batcher)
+    app = make_app(model, config, batcher)
     uv_config = uvicorn.Config(
         app, http=_protocol_class(config), ws="none", lifespan="on", loop="asyncio",
         access_log=False, log_level="warning", timeout_keep_alive=config.keep_alive_timeout,
         timeout_graceful_shutdown=config.graceful_timeout, limit_concurrency=None, backlog=config.max_connections,
     )
-    return Server(uvicorn.Server(uv_config), _listen(config.host, config.port), app)
+    return Server(_UvicornServer(uv_config), _listen(config.host, config.port), app, grpc_server, grpc_port, batcher,
+                  config.graceful_timeout)
 
 
 def serve(model: ServedModel, config: ServerConfig = ServerConfig(), on_ready: Callable[[Server], None] | None = None
@@ -739,6 +803,13 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """`127.0.0.1:<port>` of the gRPC service (with `grpc_port` configured)."""
+        if self.server.grpc_port is None:
+            raise ValueError("this server was started without gRPC (ServerConfig.grpc_port is None)")
+        return f"127.0.0.1:{self.server.grpc_port}"
 
     def stop(self, timeout: float = 30.0) -> None:
         self.server.uvicorn_server.should_exit = True
