@@ -13,8 +13,10 @@ UCF101's size after the converter, for `serve_jpeg`, which crops and resizes the
 does: the compact request a client would send; TF Serving's `{"b64": ...}` strings).
 Modes per model, body and concurrency: `in_process` (threads calling the signature directly),
 `server` (experiments/serve.py in its own process, clients on keep-alive connections sending
-TF Serving row-format JSON) and `server_batching` (the same with --enable_batching). Request
-bodies are encoded before the clock starts. Writes benchmarks/results/serving.json.
+TF Serving row-format JSON), `server_batching` (the same with --enable_batching), and `grpc` /
+`grpc_batching` (the same server's gRPC Predict, --grpc_port, one channel per client thread,
+binary TensorProtos; needs `pip install --no-deps -r requirements-grpc.txt`). Request bodies are
+encoded before the clock starts. Writes benchmarks/results/serving.json.
 """
 import base64
 import concurrent.futures
@@ -55,7 +57,8 @@ _REQUESTS = flags.DEFINE_string(
     "requests", "demo=48:96:160,r3d18_112=8:16:32,export=48:96:160",
     "Requests per concurrency level, per model (colon-separated, in --concurrency order).")
 _BODIES = flags.DEFINE_list("bodies", ["float", "jpeg"], "Request kinds: float clips, JPEG frames.")
-_MODES = flags.DEFINE_list("modes", ["in_process", "server", "server_batching"], "What to measure.")
+_MODES = flags.DEFINE_list("modes", ["in_process", "server", "server_batching", "grpc", "grpc_batching"],
+                           "What to measure.")
 _MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", 32, "The batching server's --max_batch_size.")
 _BATCH_TIMEOUT_MICROS = flags.DEFINE_integer("batch_timeout_micros", 5000, "The batching server's batch timeout.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed requests before each measurement.")
@@ -128,10 +131,13 @@ def _free_port() -> int:
 
 
 class _ServerProcess:
-    def __init__(self, export_dir: str, batching: bool, concurrency: int):
+    def __init__(self, export_dir: str, batching: bool, concurrency: int, grpc: bool = False):
         self.port = _free_port()
+        self.grpc_port = _free_port() if grpc else None
         args = [sys.executable, os.path.join(REPO, "experiments", "serve.py"), f"--export_dir={export_dir}",
                 f"--port={self.port}", f"--queue_size={max(64, concurrency)}", "--body_timeout=600"]
+        if grpc:
+            args.append(f"--grpc_port={self.grpc_port}")
         if batching:
             args += ["--enable_batching", f"--max_batch_size={_MAX_BATCH_SIZE.value}",
                      f"--batch_timeout_micros={_BATCH_TIMEOUT_MICROS.value}"]
@@ -183,6 +189,40 @@ def _server(export_dir: str, bodies: list[bytes], concurrency: int, batching: bo
         server.stop()
 
 
+def _grpc_request(body: str, x: np.ndarray):
+    from tensorflow_serving.apis import predict_pb2
+
+    signature, argument = SIGNATURES[body]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "student"
+    request.model_spec.signature_name = signature
+    request.inputs[argument].CopyFrom(tf.make_tensor_proto(x))
+    return request
+
+
+def _grpc_server(export_dir: str, requests: list, concurrency: int, batching: bool) -> dict:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    server = _ServerProcess(export_dir, batching, concurrency, grpc=True)
+    channels: dict[int, tuple] = {}
+
+    def predict(request) -> None:
+        ident = threading.get_ident()
+        if ident not in channels:
+            channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
+                                            options=[("grpc.max_send_message_length", -1)])
+            channels[ident] = (channel, prediction_service_pb2_grpc.PredictionServiceStub(channel))
+        channels[ident][1].Predict(request, timeout=3600)
+
+    try:
+        return _run_concurrently(predict, requests, concurrency)
+    finally:
+        for channel, _ in channels.values():
+            channel.close()
+        server.stop()
+
+
 def _bench(name: str, export_dir: str, counts: list[int], levels: list[int], body: str) -> dict:
     size = export.load_export_config(export_dir).crop_size
     results = {}
@@ -194,9 +234,14 @@ def _bench(name: str, export_dir: str, counts: list[int], levels: list[int], bod
             inputs = [_jpeg_clip(rng) for _ in range(count)]
         bodies = [_request_body(body, x) for x in inputs]
         row = {"body_bytes": len(bodies[0])}
+        if any(mode.startswith("grpc") for mode in _MODES.value):
+            requests = [_grpc_request(body, x) for x in inputs]
+            row["grpc_message_bytes"] = requests[0].ByteSize()
         for mode in _MODES.value:
             if mode == "in_process":
                 row[mode] = _in_process(export_dir, inputs, concurrency, body)
+            elif mode.startswith("grpc"):
+                row[mode] = _grpc_server(export_dir, requests, concurrency, batching=mode == "grpc_batching")
             else:
                 row[mode] = _server(export_dir, bodies, concurrency, batching=mode == "server_batching")
             print(f"{name} {body} c={concurrency} {mode}: {row[mode]['req_per_s']:.1f} req/s, "
@@ -210,6 +255,9 @@ def main(argv):
     del argv
     start = time.perf_counter()
     levels = [int(c) for c in _CONCURRENCY.value]
+    known = {"in_process", "server", "server_batching", "grpc", "grpc_batching"}
+    if set(_MODES.value) - known:
+        raise app.UsageError(f"--modes: unknown {sorted(set(_MODES.value) - known)}; choose from {sorted(known)}")
     counts = {}
     for item in _REQUESTS.value.split(","):
         key, values = item.split("=")

@@ -1,6 +1,7 @@
 """TF Serving's gRPC Predict beside the REST server, tested as a client would: a real grpc channel
 to 127.0.0.1, TF Serving's own stub and protos. Skipped without tensorflow-serving-api
 (`pip install --no-deps -r requirements-grpc.txt`; CI installs it)."""
+import base64
 import concurrent.futures
 import json
 import threading
@@ -17,8 +18,6 @@ from tests.serving.test_server import _clips, _config, _jpeg_b64, exported  # no
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("tensorflow_serving.apis.predict_pb2")
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-import base64  # noqa: E402
 
 
 @pytest.fixture(scope="module")
