@@ -109,6 +109,28 @@ def _in_process(export_dir: str, inputs: list[np.ndarray], concurrency: int, bod
     return _run_concurrently(lambda x: fn(**{argument: tf.constant(x)})["probabilities"].numpy(), inputs, concurrency)
 
 
+def _batching_bound(export_dir: str, inputs: list[np.ndarray], body: str, batch: int, repeats: int = 2) -> dict:
+    """Clips/s of the signature called in-process on batch-1 inputs one after another, and on the
+    same inputs concatenated into calls of `batch` rows: the most any server-side batching can
+    gain on this machine (it runs exactly those bigger calls)."""
+    signature, argument = SIGNATURES[body]
+    fn = tf.saved_model.load(export_dir).signatures[signature]
+    rows = (inputs * batch)[:batch]
+    merged = tf.constant(np.concatenate(rows))
+    singles = [tf.constant(x) for x in rows]
+    fn(**{argument: merged})
+    fn(**{argument: singles[0]})
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(**{argument: merged})["probabilities"].numpy()
+    batched = repeats * batch / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for x in singles:
+        fn(**{argument: x})["probabilities"].numpy()
+    single = batch / (time.perf_counter() - start)
+    return {"batch": batch, "batch1_clips_per_s": single, "batched_clips_per_s": batched, "gain": batched / single}
+
+
 def _jpeg_clip(rng: np.random.Generator) -> np.ndarray:
     """8 frames of a synthetic action video at 128 x 171, as JPEG bytes: object string [1, 8]."""
     height, width = JPEG_FRAME
@@ -248,6 +270,10 @@ def _bench(name: str, export_dir: str, counts: list[int], levels: list[int], bod
                   f"p50 {row[mode]['p50_ms']:.1f} ms, p95 {row[mode]['p95_ms']:.1f} ms, p99 {row[mode]['p99_ms']:.1f} ms",
                   flush=True)
         results[str(concurrency)] = row
+    bound = _batching_bound(export_dir, inputs, body, _MAX_BATCH_SIZE.value)
+    print(f"{name} {body} in-process batch-1 {bound['batch1_clips_per_s']:.1f} clips/s, batch {bound['batch']} "
+          f"{bound['batched_clips_per_s']:.1f} clips/s: batching can gain at most {bound['gain']:.2f}x", flush=True)
+    results["batching_bound"] = bound
     return results
 
 
