@@ -9,7 +9,8 @@ distribution, which would install a second TensorFlow over our `tensorflow-cpu`;
 needs only TensorFlow's own protos, which `tensorflow-cpu` provides, so it is installed without
 its dependencies: `pip install --no-deps -r requirements-grpc.txt`.
 
-Requests share the REST server's model, input checks and (with batching) its `Batcher`. Answers:
+Requests share the REST server's model, input checks and (with batching) its `Batcher`; the
+admission bound is the REST server's number, counted for gRPC calls on their own. Answers:
 NOT_FOUND for another model or version, INVALID_ARGUMENT for an unknown signature or output, a
 missing or unknown input, a wrong dtype or shape, or input the graph rejects; RESOURCE_EXHAUSTED
 past `workers + queue_size` concurrent calls or for a message over `max_body_bytes` (gRPC's own
