@@ -44,8 +44,8 @@ run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("bench_flagfile", os.path.join(REPO, "experiments", "small_scale.flags"),
-                    "The small-scale recipe settings every row starts from (shared with the demo).")
+flags.DEFINE_string("bench_flagfile", os.path.join(REPO, "experiments", "bench_semisup.flags"),
+                    "The recipe settings every row starts from: the demo's small-scale ones on a larger dataset.")
 flags.DEFINE_list("fractions", ["10", "25"], "Labeled percentages of the synthetic training videos.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: labeled subset, validation groups, initialisation, input order.")
 flags.DEFINE_multi_string("recipe_flag", [], "A run.py flag appended to every row, e.g. --recipe_flag=--ssl_epochs=1 "
