@@ -104,8 +104,12 @@ def make_grpc_server(model: ServedModel, config: ServerConfig, batcher: Batcher 
     """A started-not-yet `grpc.Server` on `config.host:config.grpc_port` (0: a free port); returns
     (server, port). Call `start()`; on shutdown `stop(config.graceful_timeout)` lets calls finish."""
     grpc, _, service = _apis()
+    # A sync gRPC call holds its thread while it waits: with batching, every admitted call must have
+    # one to wait in, or batches could never grow past `workers` requests (the model itself runs on
+    # the batcher's threads). Without batching, `workers` threads run the model, the rest queue.
+    threads = config.max_admitted if batcher is not None else config.workers
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="grpc-worker"),
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="grpc-worker"),
         maximum_concurrent_rpcs=config.max_admitted,
         options=[("grpc.max_receive_message_length", config.max_body_bytes),
                  ("grpc.max_send_message_length", config.max_body_bytes),

@@ -126,6 +126,12 @@ def test_concurrent_grpc_and_rest_requests_share_one_batcher(exported):  # noqa:
         assert gaps.min() > 10 * atol  # an answer given to the wrong request would be caught
         assert srv.server.app.state.serving["state"].batcher is srv.server.batcher
         assert max(srv.server.batcher.batch_sizes) > 1, srv.server.batcher.batch_sizes
+        # gRPC calls alone: a waiting call holds a gRPC thread, so batches must be able to grow past
+        # the 2 workers (they could not when the gRPC pool had `workers` threads).
+        srv.server.batcher.batch_sizes.clear()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: one(2 * i + 1), range(8), timeout=120))
+        assert max(srv.server.batcher.batch_sizes) > 2, srv.server.batcher.batch_sizes
     finally:
         channel.close()
         srv.stop()
