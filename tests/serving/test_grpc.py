@@ -4,6 +4,10 @@ to 127.0.0.1, TF Serving's own stub and protos. Skipped without tensorflow-servi
 import base64
 import concurrent.futures
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -13,7 +17,7 @@ import tensorflow as tf
 
 from tbkeras.serving import server as serving
 from tests import float32_tolerances as f32
-from tests.serving.test_server import _clips, _config, _jpeg_b64, exported  # noqa: F401 - the fixture
+from tests.serving.test_server import REPO, _clips, _config, _free_port, _jpeg_b64, exported  # noqa: F401 - the fixture
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("tensorflow_serving.apis.predict_pb2")
@@ -175,3 +179,28 @@ def test_stopping_lets_the_grpc_call_in_flight_finish_and_refuses_new_ones(expor
 def test_grpc_port_is_checked():
     with pytest.raises(ValueError, match="grpc_port"):
         serving.ServerConfig(grpc_port=70000)
+
+
+@pytest.mark.slow
+def test_serve_py_answers_grpc_and_exits_0_on_sigterm(exported):  # noqa: F811
+    _, path = exported
+    rest_port, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "experiments", "serve.py"), f"--export_dir={path}",
+                             f"--port={rest_port}", f"--grpc_port={grpc_port}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        grpc.channel_ready_future(channel).result(timeout=120)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(_request({"clips": _clips(0)}), timeout=60)
+        assert tf.make_ndarray(response.outputs["probabilities"]).shape == (1, 3)
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _, err = proc.communicate(timeout=10)
+        assert f"gRPC on 127.0.0.1:{grpc_port}" in err and "stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
