@@ -4,7 +4,8 @@
     python benchmarks/bench_semisup.py --fractions=10 --seeds=0 --work_dir=/tmp/semisup  # one cell
 
 Every row is the recipe itself (experiments/run.py's flags -> `tbkeras.recipe`), on the small-scale
-settings the demo uses (`--flagfile`, default experiments/small_scale.flags). Rows share their
+settings the demo uses, on a dataset twice the demo's (`--bench_flagfile`, default
+experiments/bench_semisup.flags, which includes experiments/small_scale.flags). Rows share their
 upstream stages through the recipe's own DONE cache: each row has its own model_dir whose upstream
 stage folders are symlinks to one copy, and the recipe checks their DONE identities as usual.
 
