@@ -57,8 +57,8 @@ _REQUESTS = flags.DEFINE_string(
     "requests", "demo=48:96:160,r3d18_112=8:16:32,export=48:96:160",
     "Requests per concurrency level, per model (colon-separated, in --concurrency order).")
 _BODIES = flags.DEFINE_list("bodies", ["float", "jpeg"], "Request kinds: float clips, JPEG frames.")
-_MODES = flags.DEFINE_list("modes", ["in_process", "server", "server_batching", "grpc", "grpc_batching"],
-                           "What to measure.")
+MODES = ("in_process", "server", "server_batching", "grpc", "grpc_batching")
+_MODES = flags.DEFINE_list("modes", list(MODES), "What to measure.")
 _MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", 32, "The batching server's --max_batch_size.")
 _BATCH_TIMEOUT_MICROS = flags.DEFINE_integer("batch_timeout_micros", 5000, "The batching server's batch timeout.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed requests before each measurement.")
@@ -281,9 +281,8 @@ def main(argv):
     del argv
     start = time.perf_counter()
     levels = [int(c) for c in _CONCURRENCY.value]
-    known = {"in_process", "server", "server_batching", "grpc", "grpc_batching"}
-    if set(_MODES.value) - known:
-        raise app.UsageError(f"--modes: unknown {sorted(set(_MODES.value) - known)}; choose from {sorted(known)}")
+    if set(_MODES.value) - set(MODES):
+        raise app.UsageError(f"--modes: unknown {sorted(set(_MODES.value) - set(MODES))}; choose from {list(MODES)}")
     counts = {}
     for item in _REQUESTS.value.split(","):
         key, values = item.split("=")

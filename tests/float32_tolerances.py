@@ -126,6 +126,15 @@ def softmax_rtol(num_classes: int, logit_range: float) -> float:
     return float(U * logit_range + FUNCTION_ULPS * EPS + (num_classes - 1) * U + U)
 
 
+def served_probability_atol(logits) -> float:
+    """|p - p'| for the softmax probabilities of a network computed two ways (a SavedModel's graph
+    against eager Keras, or one batch against another): logits within estimate 7 at their scale move
+    each probability by at most 2 p delta <= 2 delta (p <= 1), plus the softmax's own rounding
+    (bound 5). logits: [..., C], any one of the two computations'."""
+    logits = np.asarray(logits, np.float64)
+    return float(2 * NETWORK_RTOL * np.abs(logits).max()) + softmax_rtol(logits.shape[-1], np.ptp(logits, axis=-1).max())
+
+
 def divergence_atol(p, q, probability_rtol: float, floor: float = 1e-7) -> float:
     """Bound 6: absolute error of float32 sum_c p_c log(p_c / q_c), the largest over the rows.
 

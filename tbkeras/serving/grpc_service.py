@@ -72,10 +72,7 @@ def predict_handler(model: ServedModel, batcher: Batcher | None = None):
         def Predict(self, request, context):  # noqa: N802 - the proto's method name
             try:
                 spec = request.model_spec
-                if spec.name != model.name or (spec.HasField("version") and spec.version.value != model.version):
-                    version = spec.version.value if spec.HasField("version") else "latest"
-                    raise RequestError(404, f"Servable not found for request: {spec.name} version {version} "
-                                            f"(this server has {model.name} version {model.version})")
+                model.check_servable(spec.name, spec.version.value if spec.HasField("version") else None)
                 signature_name = spec.signature_name or "serving_default"
                 specs = model.specs(signature_name)
                 inputs = {k: _to_array(k, request.inputs[k], specs.get(k)) for k in request.inputs}

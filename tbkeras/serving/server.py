@@ -306,6 +306,14 @@ class ServedModel:
                   for k, spec in specs.items()}
         return self.checked(signature_name, inputs, row_format)
 
+    def check_servable(self, name: str, version: int | None) -> None:
+        """A request for `name` (at `version`, None: the latest) must be for this model (REST and
+        gRPC alike). Raises RequestError 404."""
+        if name != self.name or (version is not None and version != self.version):
+            raise RequestError(404, f"Servable not found for request: {name} version "
+                                    f"{'latest' if version is None else version}"
+                                    f" (this server has {self.name} version {self.version})")
+
     def specs(self, signature_name: str) -> dict[str, tf.TensorSpec]:
         """The input specs of a signature. Raises BadRequest for an unknown one."""
         if not isinstance(signature_name, str) or signature_name not in self.signatures:
@@ -513,11 +521,6 @@ def make_app(model: ServedModel, config: ServerConfig = ServerConfig(), batcher:
         finally:
             state_box.pop("state").close()
 
-    def check_model(name: str, version: str | None) -> None:
-        if name != model.name or (version is not None and int(version) != model.version):
-            raise RequestError(404, f"Servable not found for request: {name} version {version or 'latest'}"
-                                    f" (this server has {model.name} version {model.version})")
-
     async def read_body(request: Request) -> bytes:
         chunks, size = [], 0
         try:
@@ -533,7 +536,7 @@ def make_app(model: ServedModel, config: ServerConfig = ServerConfig(), batcher:
         return b"".join(chunks)
 
     async def predict(request: Request, name: str, version: str | None) -> Response:
-        check_model(name, version)
+        model.check_servable(name, None if version is None else int(version))
         length = request.headers.get("content-length")
         if length is not None and int(length) > config.max_body_bytes:  # h11 has checked it is digits
             raise RequestError(413, f"request body of {length} bytes is over the {config.max_body_bytes}-byte "
@@ -568,7 +571,7 @@ def make_app(model: ServedModel, config: ServerConfig = ServerConfig(), batcher:
             match = _STATUS.match(path)
             if not match:
                 raise RequestError(404, f"unknown path {path}; GET /v1/models/{model.name}[/metadata]")
-            check_model(match["name"], match["version"])
+            model.check_servable(match["name"], None if match["version"] is None else int(match["version"]))
             return Response(orjson.dumps(model.metadata() if match["meta"] else model.status()),
                             media_type="application/json")
         except RequestError as e:

@@ -74,7 +74,7 @@ def _bound(model, views):
     logits within NETWORK_RTOL of their scale move each probability by at most 2 p delta <= 2 delta,
     averaging over views keeps that, plus the softmax's own rounding (bound 5)."""
     logits = model(views.reshape((-1,) + views.shape[2:]), training=False).numpy()
-    return float(2 * f32.NETWORK_RTOL * np.abs(logits).max()) + f32.softmax_rtol(3, np.ptp(logits, axis=-1).max())
+    return f32.served_probability_atol(logits)
 
 
 def test_the_shared_views_are_the_evaluation_views(setup):

@@ -53,7 +53,7 @@ def test_predict_matches_the_model_and_the_rest_answer(grpc_served):
     response = stub.Predict(_request({"clips": clips}), timeout=30)
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     logits = model(clips, training=False).numpy()
-    atol = float(2 * f32.NETWORK_RTOL * np.abs(logits).max()) + f32.softmax_rtol(3, np.ptp(logits, axis=-1).max())
+    atol = f32.served_probability_atol(logits)
     np.testing.assert_allclose(probabilities, tf.nn.softmax(logits).numpy(), atol=atol)
     assert tf.make_ndarray(response.outputs["classes"]).tolist() == probabilities.argmax(-1).tolist()
     assert (response.model_spec.name, response.model_spec.version.value,
@@ -124,7 +124,7 @@ def test_concurrent_grpc_and_rest_requests_share_one_batcher(exported):  # noqa:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = np.concatenate(list(pool.map(one, range(len(inputs)), timeout=120)))
         logits = np.concatenate([model(x, training=False).numpy() for x in inputs])
-        atol = float(2 * f32.NETWORK_RTOL * np.abs(logits).max()) + f32.softmax_rtol(3, np.ptp(logits, axis=-1).max())
+        atol = f32.served_probability_atol(logits)
         np.testing.assert_allclose(answers, tf.nn.softmax(logits).numpy(), atol=atol)
         gaps = np.abs(answers[:, None] - answers[None]).max(-1) + np.eye(len(answers))
         assert gaps.min() > 10 * atol  # an answer given to the wrong request would be caught

@@ -122,7 +122,7 @@ def test_row_and_columnar_predict_match_the_model(served):
     # vs eager Keras: logits within estimate 7 of tests/float32_tolerances.py at their scale, which
     # moves a probability p by <= 2 p that (p <= 1), plus its softmax's rounding (bound 5). Rows or
     # classes out of order are O(0.1) off.
-    atol = float(2 * f32.NETWORK_RTOL * np.abs(logits).max()) + f32.softmax_rtol(3, np.ptp(logits, axis=-1).max())
+    atol = f32.served_probability_atol(logits)
     status, rows = _call(srv.url + PREDICT, {"instances": clips.tolist()})
     assert status == 200
     np.testing.assert_allclose([r["probabilities"] for r in rows["predictions"]], expected, atol=atol)
@@ -296,7 +296,7 @@ def test_concurrent_burst_answers_each_its_own_input(exported, batching):
         # swapped between requests differ by O(0.01) here (distinct random clips).
         atol = 0.0
         if batching:
-            atol = float(2 * f32.NETWORK_RTOL * np.abs(logits).max()) + f32.softmax_rtol(3, np.ptp(logits, axis=-1).max())
+            atol = f32.served_probability_atol(logits)
         for (s_status, s_body), (c_status, c_body) in zip(sequential, concurrent_answers):
             assert s_status == c_status == 200
             np.testing.assert_allclose(c_body["predictions"][0]["probabilities"],
