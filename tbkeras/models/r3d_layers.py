@@ -147,14 +147,19 @@ def conv3d_bn(
             name=conv_name,
         )(x)
     else:
-        padding = tuple((k // 2, k // 2) for k in kernel_size)
-        if any(p for p, _ in padding):
-            x = keras.layers.ZeroPadding3D(padding, name=f"{conv_name}_pad")(x)
+        padding = "valid"
+        if all(st == 1 for st in strides) and all(k % 2 for k in kernel_size):
+            # Stride 1, odd kernel: TF's "same" is PyTorch's symmetric k // 2. An explicit Pad
+            # before these convs made Grappler's remapper give up on the whole train-step graph.
+            padding = "same"
+        elif any(k > 1 for k in kernel_size):
+            # Strided: TF's "same" would pad only after (for even sizes), PyTorch pads both sides.
+            x = keras.layers.ZeroPadding3D(tuple((k // 2, k // 2) for k in kernel_size), name=f"{conv_name}_pad")(x)
         # A strided 1x1x1 conv's gradient is fast natively (benchmarks/bench_strided_conv.py).
         strided = any(st > 1 for st in strides) and any(k > 1 for k in kernel_size)
         conv = SubsampledConv3D if subsample and strided else keras.layers.Conv3D
         x = conv(
-            filters, kernel_size, strides=strides, padding="valid", use_bias=False,
+            filters, kernel_size, strides=strides, padding=padding, use_bias=False,
             kernel_initializer=conv_initializer(), name=conv_name,
         )(x)
     x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
