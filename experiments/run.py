@@ -99,6 +99,7 @@ flags.DEFINE_integer("ssl_global_clip_length", 0, "Frames of the global clip of 
 flags.DEFINE_integer("ssl_epochs", 100, "SSL pretraining epochs.")
 flags.DEFINE_integer("ssl_steps_per_epoch", 100, "SSL steps per epoch.")
 flags.DEFINE_integer("invariant_epochs", 0, "Epochs of pretrain_invariant alone (0 = --ssl_epochs).")
+flags.DEFINE_integer("distinctive_epochs", 0, "Epochs of pretrain_distinctive alone (0 = --ssl_epochs).")
 flags.DEFINE_string("invariant_group_pattern", "", "Batch pretrain_invariant's videos by group: a regex whose first "
                     "capture group, searched in the video id, names the group (UCF101 and the synthetic data: "
                     "'_g(\\d+)_c\\d+$'), so L_I's negatives share the scene. '' (the paper) = shuffled batches. "
@@ -248,6 +249,7 @@ def build_config():
             train=train("ssl"), batch_size=FLAGS.ssl_batch_size, num_clips=FLAGS.ssl_num_clips,
             clip_length=FLAGS.ssl_clip_length, global_clip_length=FLAGS.ssl_global_clip_length,
             invariant_epochs=FLAGS.invariant_epochs, invariant_group_pattern=FLAGS.invariant_group_pattern,
+            distinctive_epochs=FLAGS.distinctive_epochs,
             tclr_group_pattern=FLAGS.tclr_group_pattern,
             contrastive=ContrastiveConfig(temperature=FLAGS.temperature, denominator=FLAGS.denominator,
                                           gather_negatives=FLAGS.gather_negatives,

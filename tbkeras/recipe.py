@@ -139,13 +139,16 @@ class SSLSettings:
     # batches of one group each ("" = the paper's shuffled batches; see pipelines.SSLConfig).
     invariant_epochs: int = 0
     invariant_group_pattern: str = ""
+    # pretrain_distinctive only: its epochs (0 = train.epochs).
+    distinctive_epochs: int = 0
     # pretrain_ssl only: the same grouping for its batches (its L_I term is the one across videos;
     # L_D1 and L_D2 contrast clips of one video, which grouping leaves alone).
     tclr_group_pattern: str = ""
 
     def __post_init__(self):
-        if self.invariant_epochs < 0:
-            raise ValueError(f"invariant_epochs must be >= 0 (0 = the SSL epochs), got {self.invariant_epochs}")
+        for name in ("invariant_epochs", "distinctive_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = the SSL epochs), got {getattr(self, name)}")
         for pattern in (self.invariant_group_pattern, self.tclr_group_pattern):
             if pattern:
                 pipelines.group_pattern_regex(pattern)
@@ -154,12 +157,18 @@ class SSLSettings:
         """The settings that define SSL stage `stage` (minus `train`) and its batches' group pattern:
         a setting of one stage alone does not make the others rerun."""
         own = {"pretrain_invariant": ("invariant_epochs", "invariant_group_pattern"),
+               "pretrain_distinctive": ("distinctive_epochs",),
                "pretrain_ssl": ("tclr_group_pattern",)}
         others = {k for s, keys in own.items() if s != stage for k in keys}
         settings = {k: v for k, v in _without_train(self).items() if k not in others}
         pattern = {"pretrain_invariant": self.invariant_group_pattern,
                    "pretrain_ssl": self.tclr_group_pattern}.get(stage, "")
         return settings, pattern
+
+    def stage_epochs(self, stage: str) -> int:
+        """SSL stage `stage`'s epochs: its own setting, else the shared `train.epochs`."""
+        own = {"pretrain_invariant": self.invariant_epochs, "pretrain_distinctive": self.distinctive_epochs}
+        return own.get(stage) or self.train.epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,8 +454,7 @@ class Recipe:
         ssl = self.config.ssl
         train = self._train(ssl.train)
         settings, group_pattern = ssl.stage_settings(stage)
-        if stage == "pretrain_invariant" and ssl.invariant_epochs:
-            train = dataclasses.replace(train, epochs=ssl.invariant_epochs)
+        train = dataclasses.replace(train, epochs=ssl.stage_epochs(stage))
         identity = self._identity(uses_labels=False, ssl=settings, **extra)
         path = stage_dir(self.config, stage)
         done = _finished(path, stage_identity(train, identity), checkpoints.BACKBONE_WEIGHTS, checkpoints.HEAD_WEIGHTS)

@@ -148,15 +148,16 @@ def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(pipelines, "ssl_dataset", spy)
     config = _config(tmp_path)
     grouped = dataclasses.replace(config, ssl=dataclasses.replace(
-        config.ssl, invariant_epochs=2, invariant_group_pattern=r"_g(\d+)_c\d+$", tclr_group_pattern=r"_g(\d+)_"))
+        config.ssl, invariant_epochs=2, invariant_group_pattern=r"_g(\d+)_c\d+$", tclr_group_pattern=r"_g(\d+)_",
+        distinctive_epochs=3))
     runner = recipe.Recipe(grouped)
     runner.run("pretrain_invariant")
     runner.run("pretrain_distinctive")
     runner.run("pretrain_ssl")
     assert seen["patterns"] == [r"_g(\d+)_c\d+$", "", r"_g(\d+)_"]
     done = {s: recipe.StageDir(recipe.stage_dir(grouped, s)).read_done()["config"]["train"]["epochs"]
-            for s in ("pretrain_invariant", "pretrain_distinctive")}
-    assert done == {"pretrain_invariant": 2, "pretrain_distinctive": 1}
+            for s in ("pretrain_invariant", "pretrain_distinctive", "pretrain_ssl")}
+    assert done == {"pretrain_invariant": 2, "pretrain_distinctive": 3, "pretrain_ssl": 1}
     # The probes' accessors: the pretrained backbone is the checkpoint's, not a fresh one.
     pretrained, fresh = runner.pretrained_backbone("pretrain_invariant"), runner.pretrained_backbone(None)
     assert any(not np.array_equal(a, b) for a, b in zip(pretrained.get_weights(), fresh.get_weights()))
@@ -168,17 +169,27 @@ def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
     assert len(seen["patterns"]) == 3  # found DONE: no pipeline built
     recipe.Recipe(longer).run("pretrain_invariant")
     assert len(seen["patterns"]) == 4
+    # distinctive_epochs reruns pretrain_distinctive only.
+    shorter = dataclasses.replace(longer, ssl=dataclasses.replace(longer.ssl, distinctive_epochs=0))
+    for stage in ("pretrain_invariant", "pretrain_ssl"):
+        recipe.Recipe(shorter).run(stage)
+    assert len(seen["patterns"]) == 4
+    recipe.Recipe(shorter).run("pretrain_distinctive")
+    assert seen["patterns"][4:] == [""]
+    longer = shorter
     # And tclr_group_pattern reruns pretrain_ssl only.
     regrouped = dataclasses.replace(longer, ssl=dataclasses.replace(longer.ssl, tclr_group_pattern=""))
     for stage in ("pretrain_invariant", "pretrain_distinctive", "pretrain_ssl"):
         recipe.Recipe(regrouped).run(stage)
-    assert seen["patterns"][4:] == [""]
+    assert seen["patterns"][5:] == [""]
     with pytest.raises(ValueError, match="needs a capture group"):
         recipe.SSLSettings(train=config.ssl.train, invariant_group_pattern="_g")
     with pytest.raises(ValueError, match="needs a capture group"):
         recipe.SSLSettings(train=config.ssl.train, tclr_group_pattern="_g")
     with pytest.raises(ValueError, match="invariant_epochs must be >= 0"):
         recipe.SSLSettings(train=config.ssl.train, invariant_epochs=-1)
+    with pytest.raises(ValueError, match="distinctive_epochs must be >= 0"):
+        recipe.SSLSettings(train=config.ssl.train, distinctive_epochs=-1)
 
 
 def test_frozen_teacher_backbones_keep_the_pretrained_weights(tmp_path):
