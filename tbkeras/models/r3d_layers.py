@@ -149,8 +149,8 @@ def conv3d_bn(
     else:
         padding = "valid"
         if all(st == 1 for st in strides) and all(k % 2 for k in kernel_size):
-            # Stride 1, odd kernel: TF's "same" is PyTorch's symmetric k // 2. An explicit Pad
-            # before these convs made Grappler's remapper give up on the whole train-step graph.
+            # Stride 1, odd kernel: TF's "same" is PyTorch's symmetric k // 2, with no Pad op (a Pad
+            # feeding a conv trips Grappler's remapper on train-step graphs: "Mutation::Apply error").
             padding = "same"
         elif any(k > 1 for k in kernel_size):
             # Strided: TF's "same" would pad only after (for even sizes), PyTorch pads both sides.
