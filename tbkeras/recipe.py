@@ -145,30 +145,31 @@ class SSLSettings:
     # L_D1 and L_D2 contrast clips of one video, which grouping leaves alone).
     tclr_group_pattern: str = ""
 
+    # Each SSL stage's own fields: (its epochs, its batches' group pattern); None = none of its own.
+    # A field of one stage is left out of the others' identities, so changing it reruns that stage alone.
+    STAGE_FIELDS = {"pretrain_invariant": ("invariant_epochs", "invariant_group_pattern"),
+                    "pretrain_distinctive": ("distinctive_epochs", None),
+                    "pretrain_ssl": (None, "tclr_group_pattern")}
+
     def __post_init__(self):
-        for name in ("invariant_epochs", "distinctive_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = the SSL epochs), got {getattr(self, name)}")
-        for pattern in (self.invariant_group_pattern, self.tclr_group_pattern):
-            if pattern:
-                pipelines.group_pattern_regex(pattern)
+        for epochs_field, pattern_field in self.STAGE_FIELDS.values():
+            if epochs_field and getattr(self, epochs_field) < 0:
+                raise ValueError(f"{epochs_field} must be >= 0 (0 = the SSL epochs), got {getattr(self, epochs_field)}")
+            if pattern_field and getattr(self, pattern_field):
+                pipelines.group_pattern_regex(getattr(self, pattern_field))
 
     def stage_settings(self, stage: str) -> tuple[dict[str, Any], str]:
-        """The settings that define SSL stage `stage` (minus `train`) and its batches' group pattern:
-        a setting of one stage alone does not make the others rerun."""
-        own = {"pretrain_invariant": ("invariant_epochs", "invariant_group_pattern"),
-               "pretrain_distinctive": ("distinctive_epochs",),
-               "pretrain_ssl": ("tclr_group_pattern",)}
-        others = {k for s, keys in own.items() if s != stage for k in keys}
+        """The settings that define SSL stage `stage` (minus `train`) and its batches' group pattern
+        ("" = shuffled batches): a setting of one stage alone does not make the others rerun."""
+        others = {f for s, fields in self.STAGE_FIELDS.items() if s != stage for f in fields if f}
         settings = {k: v for k, v in _without_train(self).items() if k not in others}
-        pattern = {"pretrain_invariant": self.invariant_group_pattern,
-                   "pretrain_ssl": self.tclr_group_pattern}.get(stage, "")
-        return settings, pattern
+        pattern_field = self.STAGE_FIELDS.get(stage, (None, None))[1]
+        return settings, getattr(self, pattern_field) if pattern_field else ""
 
     def stage_epochs(self, stage: str) -> int:
         """SSL stage `stage`'s epochs: its own setting, else the shared `train.epochs`."""
-        own = {"pretrain_invariant": self.invariant_epochs, "pretrain_distinctive": self.distinctive_epochs}
-        return own.get(stage) or self.train.epochs
+        epochs_field = self.STAGE_FIELDS.get(stage, (None, None))[0]
+        return (getattr(self, epochs_field) if epochs_field else 0) or self.train.epochs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,9 +176,8 @@ def test_per_stage_ssl_settings_reach_their_stage_alone(tmp_path, monkeypatch):
     assert len(seen["patterns"]) == 4
     recipe.Recipe(shorter).run("pretrain_distinctive")
     assert seen["patterns"][4:] == [""]
-    longer = shorter
     # And tclr_group_pattern reruns pretrain_ssl only.
-    regrouped = dataclasses.replace(longer, ssl=dataclasses.replace(longer.ssl, tclr_group_pattern=""))
+    regrouped = dataclasses.replace(shorter, ssl=dataclasses.replace(shorter.ssl, tclr_group_pattern=""))
     for stage in ("pretrain_invariant", "pretrain_distinctive", "pretrain_ssl"):
         recipe.Recipe(regrouped).run(stage)
     assert seen["patterns"][5:] == [""]
