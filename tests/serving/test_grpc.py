@@ -4,10 +4,7 @@ to 127.0.0.1, TF Serving's own stub and protos. Skipped without tensorflow-servi
 import base64
 import concurrent.futures
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import urllib.request
 
@@ -17,7 +14,7 @@ import tensorflow as tf
 
 from tbkeras.serving import server as serving
 from tests import float32_tolerances as f32
-from tests.serving.test_server import REPO, _clips, _config, _free_port, _jpeg_b64, exported  # noqa: F401 - the fixture
+from tests.serving.test_server import _clips, _config, _free_port, _jpeg_b64, exported, serve_py  # noqa: F401 - the fixture
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("tensorflow_serving.apis.predict_pb2")
@@ -185,11 +182,7 @@ def test_grpc_port_is_checked():
 def test_serve_py_answers_grpc_and_exits_0_on_sigterm(exported):  # noqa: F811
     _, path = exported
     rest_port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "experiments", "serve.py"), f"--export_dir={path}",
-                             f"--port={rest_port}", f"--grpc_port={grpc_port}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_py(f"--export_dir={path}", f"--port={rest_port}", f"--grpc_port={grpc_port}") as proc:
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         grpc.channel_ready_future(channel).result(timeout=120)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -200,7 +193,3 @@ def test_serve_py_answers_grpc_and_exits_0_on_sigterm(exported):  # noqa: F811
         assert proc.wait(timeout=60) == 0
         _, err = proc.communicate(timeout=10)
         assert f"gRPC on 127.0.0.1:{grpc_port}" in err and "stopped" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -6,6 +6,7 @@ timeout and every loop a bounded count.
 """
 import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -329,6 +330,21 @@ def test_access_log_has_one_line_per_request(served, caplog):
 
 # ------------------------------------------------------------------------------------- shutdown
 
+@contextlib.contextmanager
+def serve_py(*args: str):
+    """experiments/serve.py with `args` in its own process (stdout/stderr piped, text); killed on exit
+    if the test left it running."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "experiments", "serve.py"), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -340,11 +356,7 @@ def _free_port():
 def test_signal_lets_the_request_in_flight_finish_then_exits_0(exported, sig):
     _, path = exported
     port = _free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "experiments", "serve.py"), f"--export_dir={path}",
-                             f"--port={port}", "--body_timeout=20", "--access_log"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_py(f"--export_dir={path}", f"--port={port}", "--body_timeout=20", "--access_log") as proc:
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -375,10 +387,6 @@ def test_signal_lets_the_request_in_flight_finish_then_exits_0(exported, sig):
         assert proc.wait(timeout=60) == 0
         _, err = proc.communicate(timeout=10)
         assert f'"POST {PREDICT}" 200' in err and "stopped" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_listening_socket_is_tcp_with_nodelay():
