@@ -14,6 +14,14 @@ import uuid
 from typing import Any, Iterator
 
 
+def absolute_path(path: str) -> str:
+    """`path` made absolute if it is a local path; URLs (gs://...) and "" (none) unchanged.
+
+    Stage identities record paths: one spelling per location means `data` and `./data` (or a run
+    from another working directory) find the same DONE stages instead of retraining them."""
+    return path if not path or "://" in path else os.path.abspath(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path to write; rename it to `path` only if the block succeeds.

@@ -30,7 +30,7 @@ from tbkeras import export as export_lib
 from tbkeras import figures
 from tbkeras.data import augment, converter, manifest, pipelines, splits, synthetic
 from tbkeras.evaluate import evaluate_classifier, write_evaluation
-from tbkeras.files import atomic_write_text
+from tbkeras.files import absolute_path, atomic_write_text
 from tbkeras.models import BACKBONES, ProjectionHead, build_backbone
 from tbkeras.models.strided_conv import StridedConvProbe, resolve_strided_conv
 from tbkeras.stages import checkpoints
@@ -67,6 +67,9 @@ class PrepareSettings:
     workers: int = 2
     seed: int = 0
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", absolute_path(self.root))
+
     @property
     def tfrecord_dir(self) -> str:
         return os.path.join(self.root, "tfrecords")
@@ -100,6 +103,10 @@ class DataSettings:
     # for finetuning and the student). Small objects need larger crops to stay in view.
     ssl_crop_side: tuple[float, float] = augment.STRONG.crop_side
     crop_side: tuple[float, float] = augment.WEAK.crop_side
+
+    def __post_init__(self):
+        for name in ("tfrecord_dir", "labeled_list", "val_list"):  # identities record them: one spelling each
+            object.__setattr__(self, name, absolute_path(getattr(self, name)))
 
     @property
     def ssl_augment(self) -> augment.AugmentConfig:

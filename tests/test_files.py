@@ -44,3 +44,11 @@ def test_atomic_save_weights_round_trip(tmp_path):
     other.load_weights(path)
     np.testing.assert_array_equal(model.get_weights()[0], other.get_weights()[0])
     assert os.listdir(tmp_path) == ["m.weights.h5"]
+
+
+def test_absolute_path_spells_a_local_path_once_and_leaves_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert files.absolute_path("data/./x/") == str(tmp_path / "data" / "x")
+    assert files.absolute_path(str(tmp_path / "a" / ".." / "b")) == str(tmp_path / "b")
+    assert files.absolute_path("gs://bucket/shards") == "gs://bucket/shards"
+    assert files.absolute_path("") == ""

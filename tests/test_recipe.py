@@ -210,3 +210,21 @@ def test_frozen_teacher_backbones_keep_the_pretrained_weights(tmp_path):
         _config(tmp_path, teacher_backbone="linear")
     with pytest.raises(ValueError, match="supervised_backbone='frozen' needs supervised_init='ssl'"):
         _config(tmp_path, supervised_backbone="frozen")
+
+
+def test_a_path_spelled_another_way_finds_the_finished_stage(tmp_path, monkeypatch):
+    # Stage identities record the data paths: `tfrecords` run from tmp_path and the absolute
+    # spelling from elsewhere name the same shards, so the second run must not retrain.
+    write_split(str(tmp_path / "tfrecords"), "train", [FakeVideo(f"v{i}", 20, i % 3) for i in range(6)])
+    monkeypatch.chdir(tmp_path)
+    relative = dataclasses.replace(_config(tmp_path), model_dir="run",
+                                   data=recipe.DataSettings(tfrecord_dir="tfrecords", crop_size=16))
+    recipe.Recipe(relative).run("supervised")
+    done = tmp_path / "run" / "supervised" / "DONE"
+    written = done.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path / "run")
+    spelled = dataclasses.replace(relative, model_dir=str(tmp_path / "run"),
+                                  data=recipe.DataSettings(tfrecord_dir="../tfrecords/./", crop_size=16))
+    recipe.Recipe(spelled).run("supervised")
+    assert done.stat().st_mtime_ns == written
+    assert spelled.data.tfrecord_dir == str(tmp_path / "tfrecords")

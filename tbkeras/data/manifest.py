@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tbkeras.files import atomic_write_json, read_json
+from tbkeras.files import absolute_path, atomic_write_json, read_json
 
 REQUIRED_KEYS = ("split", "tool_version", "num_videos", "num_failed", "classes", "shards", "failures", "flags")
 
@@ -51,7 +51,7 @@ def shard_paths(tfrecord_dir: str, split: str) -> list[str]:
     """Absolute paths (or URLs, e.g. gs://) of the split's shards, in manifest order; error naming any
     missing shard."""
     manifest = load_manifest(tfrecord_dir, split)
-    root = tfrecord_dir if "://" in tfrecord_dir else os.path.abspath(tfrecord_dir)
+    root = absolute_path(tfrecord_dir)
     paths = [os.path.join(root, shard["file"]) for shard in manifest["shards"]]
     missing = [p for p in paths if not tf.io.gfile.exists(p)]
     if missing:
