@@ -83,6 +83,31 @@ def metrics_from_probabilities(probabilities, labels, num_classes: int,
     )
 
 
+def top1_by_group(confusion: Sequence[Sequence[int]], class_groups: Sequence[str]) -> dict[str, float | None]:
+    """Top-1 over the videos of each group of classes (e.g. the synthetic data's repetitive and
+    order-dependent kinds): which teacher is better where, the question TSTR's weights answer.
+
+    Args:
+      confusion: [C][C] counts, rows = true class (`EvaluationResult.confusion`).
+      class_groups: C group names, one per class in label order.
+    Returns:
+      {group: correct / videos of the group's classes}, None for a group with no video; groups in
+      first-appearance order.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square [C][C] matrix, got shape {confusion.shape}")
+    if len(class_groups) != confusion.shape[0]:
+        raise ValueError(f"{len(class_groups)} class groups for {confusion.shape[0]} classes")
+    groups = np.asarray(class_groups)
+    result = {}
+    for group in dict.fromkeys(class_groups):
+        members = np.flatnonzero(groups == group)
+        videos = int(confusion[members].sum())
+        result[group] = float(confusion[members, members].sum() / videos) if videos else None
+    return result
+
+
 def view_averaged_probabilities(model: keras.Model, views: tf.Tensor) -> tf.Tensor:
     """The video prediction: the softmax of every view, averaged over the views of each video.
 

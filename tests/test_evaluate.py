@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tbkeras.evaluate import evaluate_classifier, metrics_from_probabilities, predict_videos, write_evaluation
+from tbkeras.evaluate import (evaluate_classifier, metrics_from_probabilities, predict_videos, top1_by_group,
+                              write_evaluation)
 from tests import float32_tolerances as f32
 
 
@@ -54,6 +55,27 @@ def test_hand_made_case_and_json(tmp_path):
     assert written["class_names"] == ["run", "jump", "sit"]
     assert written["per_class_accuracy"] == [1.0, 0.0, None]
     assert written["confusion"][1] == [1, 0, 1]
+
+
+def test_top1_by_group_counts_the_videos_of_each_group_of_classes():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 5, size=60)
+    labels[labels == 3] = 2                                     # class 3 has no video
+    predicted = np.where(rng.random(60) < 0.5, labels, rng.integers(0, 5, size=60))
+    probabilities = np.eye(5)[predicted]
+    result = metrics_from_probabilities(probabilities, labels, 5)
+    groups = ["rep", "order", "rep", "order", "none"]
+    labels_group = np.array(groups)[labels]
+    by_group = top1_by_group(result.confusion, groups)
+    assert list(by_group) == ["rep", "order", "none"]
+    for group in ("rep", "order", "none"):
+        mine = labels_group == group
+        assert by_group[group] == pytest.approx(np.mean(predicted[mine] == labels[mine]))
+    # A prediction of another class of the same group is still wrong.
+    assert top1_by_group([[0, 2], [0, 1]], ["a", "a"]) == {"a": pytest.approx(1 / 3)}
+    assert top1_by_group([[1, 0], [0, 0]], ["a", "b"]) == {"a": 1.0, "b": None}
+    with pytest.raises(ValueError, match="3 class groups for 2 classes"):
+        top1_by_group([[1, 0], [0, 1]], ["a", "b", "c"])
 
 
 def test_bad_labels_are_clear_errors():

@@ -35,3 +35,10 @@ def test_labels_only_model_learns_the_motion(tmp_path):
     assert result["num_videos"] == 48
     assert result["top1"] >= MIN_TOP1, (
         f"labels-only top-1 {result['top1']:.3f} on 2 classes (chance {CHANCE}): training stopped learning")
+    # The synthetic data knows its classes' kinds: the stage also scores each kind, from the same confusion.
+    with open(tmp_path / "run" / "evaluate" / "DONE") as f:
+        by_kind = json.load(f)["metrics"]["supervised only"]["top1_by_kind"]
+    confusion, kind = result["confusion"], {"Oscillate": "repetitive", "SlideRightThenHopUp": "order"}
+    assert by_kind == {kind[name]: confusion[c][c] / sum(confusion[c]) for c, name in enumerate(result["class_names"])}
+    with open(tmp_path / "run" / "evaluate" / "results.md") as f:
+        assert "test top-1, order classes" in f.read()
