@@ -3,8 +3,10 @@
 - `NonFiniteLossGuard`: a NaN/inf loss either stops training with an error naming the step, or
   (Model Garden's recovery action) restores the last good weights and optimizer state and goes on.
 - `tensorboard_callback`: TensorBoard logs, with the profiler on `profile_batch`.
-- `standard_callbacks`: lr schedule, BackupAndRestore, NaN guard, checkpoint, CSV and TensorBoard
-  logs under `model_dir/<stage>/`, in the order their hooks depend on.
+- `standard_callbacks`: lr schedule, BackupAndRestore, NaN guard, CSV and TensorBoard logs under
+  `model_dir/<stage>/`, in the order their hooks depend on. BackupAndRestore's weights file is also
+  the stage's latest checkpoint (`StageDir.latest_weights_path`): a second per-epoch save of the
+  same weights cost a student stage 17% of its time (three networks; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -107,7 +109,7 @@ def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.c
     """The callbacks of a stage writing into `stage` (a `StageDir`), configured by `config`.
 
     Order matters: the lr schedule first (it adds "lr" to the epoch logs the loggers write, and
-    saves its state before the backup); loggers and the checkpoint before BackupAndRestore, so a
+    saves its state before the backup); loggers before BackupAndRestore, so a
     kill between them repeats an epoch's log row rather than losing it; the NaN guard after
     BackupAndRestore, so its first snapshot is the restored state.
     """
@@ -124,7 +126,6 @@ def standard_callbacks(stage: "StageDir", config: "TrainConfig") -> list[keras.c
             schedule=config.lr_schedule,
             epochs=config.epochs,
         ),
-        keras.callbacks.ModelCheckpoint(stage.latest_weights_path, save_weights_only=True),
         keras.callbacks.CSVLogger(stage.csv_log_path, append=True),
         tensorboard_callback(
             stage.tensorboard_dir, profile_batch=config.profile_batch, update_freq=config.log_every

@@ -6,9 +6,9 @@ Layout of `model_dir/<stage>/` (`StageDir` names every path):
     DONE                       JSON {"config": ..., "metrics": ...}, written last; its presence with a
                                matching config means "finished, do not rerun"
     final.weights.h5           the trained weights (written atomically, before DONE)
-    backup/                    keras BackupAndRestore state (deleted once DONE is written)
+    backup/                    keras BackupAndRestore state (deleted once DONE is written), with
+    backup/latest.weights.h5   the weights (and optimizer state) after the last finished epoch
     lr_state.json              the lr schedule's plateau state per epoch (for resumption)
-    checkpoints/latest.weights.h5   weights after the last finished epoch
     train_log.csv, tensorboard/     per-epoch logs (CSV; TensorBoard scalars + profiler)
     workers/<task>-<id>/       non-chief workers' private copies of the above (multi-worker only)
 
@@ -148,7 +148,9 @@ class StageDir:
 
     @property
     def latest_weights_path(self) -> str:
-        return self._join("checkpoints", "latest.weights.h5")
+        """Keras' BackupAndRestore writes this file after every epoch (its own file name); it goes
+        with `backup/` once DONE is written, when `final.weights.h5` holds the last epoch's weights."""
+        return os.path.join(self.backup_dir, "latest.weights.h5")
 
     @property
     def csv_log_path(self) -> str:

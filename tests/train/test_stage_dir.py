@@ -42,9 +42,10 @@ def test_fit_stage_writes_its_folder_and_a_finished_stage_is_skipped(tmp_path):
     model, result = run(stage.path, tiny_config(epochs=2, steps=3))
     assert not result.skipped
     for path in (stage.config_path, stage.done_path, stage.final_weights_path, stage.csv_log_path,
-                 stage.latest_weights_path, stage.lr_state_path):
+                 stage.lr_state_path):
         assert os.path.exists(path), path
-    assert not os.path.exists(stage.backup_dir)  # removed once DONE is written
+    assert not os.path.exists(stage.backup_dir)  # removed once DONE is written, its latest weights with it
+    assert os.path.dirname(stage.latest_weights_path) == stage.backup_dir
     assert set(result.metrics) >= {"loss", "lr"}
     assert json.load(open(stage.done_path))["metrics"] == result.metrics
 
@@ -105,6 +106,7 @@ def test_a_killed_stage_resumes_from_its_backup(tmp_path):
         proc.kill()
         proc.wait()
     assert not os.path.exists(stage.done_path)
+    assert os.path.exists(stage.latest_weights_path)  # a killed stage's last epoch, readable by a user
     resumed_from = _backup_epoch(stage)
     assert 2 <= resumed_from < epochs
 
