@@ -25,6 +25,10 @@ self-supervised pretrainings and TSTR are run once, under the first seed, and sh
 Nothing is selected on the test split: no checkpoint is chosen at all (every model is its final
 weights), and the validation top-1 is reported beside the test top-1.
 
+Every row also reports its test top-1 on each kind of class (repetitive, order-dependent): TSTR
+gives the invariant teacher the repetitive videos' larger share, which helps only where f_I is the
+better teacher there.
+
 Writes `--output` (benchmarks/results/semisup.json) and `--plot` (accuracy versus labeled fraction);
 prints a Markdown table for BENCHMARKS.md.
 """
@@ -130,6 +134,7 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
                   progress=lambda results: None) -> dict:
     work = runner.work_dir
     test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
+    by_kind = {}  # (percent, row, kind of class) -> [test top-1 % of that kind's videos per seed]
     tstr = {"repetitive_mean_s": [], "order_mean_s": []}
     for seed in seeds:
         seed_flags = [f"--seed={seed}"]
@@ -165,17 +170,21 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
                                              f"--evaluate_models={evaluated}")[run_row_name(evaluated)]
                     test.setdefault((percent, name), []).append(100 * metrics["top1"])
                     val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
+                    for kind, top1 in metrics.get("top1_by_kind", {}).items():  # none in an older DONE
+                        by_kind.setdefault((percent, name, kind), []).append(100 * top1)
                     print(f"seed {seed}, {percent}% labeled, {LABELS[name]}: val {val[(percent, name)][-1]:.1f}, "
                           f"test {test[(percent, name)][-1]:.1f}", flush=True)
-            progress(_collect(test, val, tstr))
-    return _collect(test, val, tstr)
+            progress(_collect(test, val, by_kind, tstr))
+    return _collect(test, val, by_kind, tstr)
 
 
-def _collect(test: dict, val: dict, tstr: dict) -> dict:
-    """The results JSON's per-fraction rows and TSTR means from the runs so far."""
+def _collect(test: dict, val: dict, by_kind: dict, tstr: dict) -> dict:
+    """The results JSON's per-fraction rows (with the test top-1 of each kind of class under
+    "by_kind") and TSTR means from the runs so far."""
     results = {}
     for (percent, name), values in test.items():
-        entry = {**_summary(values), "val": _summary(val[(percent, name)])}
+        entry = {**_summary(values), "val": _summary(val[(percent, name)]),
+                 "by_kind": {kind: _summary(v) for (p, n, kind), v in by_kind.items() if (p, n) == (percent, name)}}
         if name.startswith("table3/"):
             results.setdefault(percent, {}).setdefault("table3", {})[name.split("/")[1]] = entry
         else:
@@ -192,16 +201,29 @@ def run_row_name(short: str) -> str:
 
 
 def markdown(results: dict, fractions: list[str]) -> str:
-    head = "| row | " + " | ".join(f"{p}% test top-1 | {p}% val top-1" for p in fractions) + " |"
-    lines = [head, "|---|" + "---:|---:|" * len(fractions)]
+    """The Table 2 / 3 rows: test and validation top-1, then the test top-1 of each kind of class."""
+    kinds = list(dict.fromkeys(k for p in fractions for e in _entries(results, p).values() for k in e["by_kind"]))
+    head = "| row | " + " | ".join(f"{p}% test top-1 | {p}% val top-1" + "".join(
+        f" | {p}% test, {kind}" for kind in kinds) for p in fractions) + " |"
+    lines = [head, "|---|" + ("---:|---:|" + "---:|" * len(kinds)) * len(fractions)]
     for name in (*TABLE2, *(f"table3/{r}" for r in TABLE3)):
         cells = []
         for p in fractions:
-            entry = results[p]["table3"][name[7:]] if name.startswith("table3/") else results[p][name]
-            cells.append(f"{entry['mean']:.1f} ± {entry['std']:.1f} | {entry['val']['mean']:.1f} ± "
-                         f"{entry['val']['std']:.1f}")
+            entry = _entries(results, p)[name]
+            cells.append(" | ".join([_mean_std(entry), _mean_std(entry["val"]),
+                                     *(_mean_std(entry["by_kind"].get(kind)) for kind in kinds)]))
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _entries(results: dict, percent: str) -> dict:
+    """{row name as in LABELS: its entry} of one fraction."""
+    rows = {name: entry for name, entry in results[percent].items() if name != "table3"}
+    return {**rows, **{f"table3/{r}": entry for r, entry in results[percent]["table3"].items()}}
+
+
+def _mean_std(entry: dict | None) -> str:
+    return "-" if entry is None else f"{entry['mean']:.1f} ± {entry['std']:.1f}"
 
 
 def main(argv):
