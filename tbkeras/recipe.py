@@ -766,7 +766,8 @@ def _percent(fraction: float | None) -> str:
 
 def results_table(metrics: dict[str, dict[str, Any]], test_split: str = "test") -> str:
     """A Markdown table of the evaluated models: validation top-1 (when there is a validation list),
-    then test top-1 / top-5 / mean class accuracy, with the standard error of a top-1 in the caption."""
+    then test top-1 / top-5 / mean class accuracy and, where the data knows its classes' kinds, the
+    test top-1 of each kind, with the standard error of a top-1 in the caption."""
     with_val = any(VAL_SPLIT in m for m in metrics.values())
     kinds = list(dict.fromkeys(k for m in metrics.values() for k in m.get("top1_by_kind", {})))
     head = ("| model |" + (" val top-1 |" if with_val else "") + f" {test_split} top-1 | top-5 | mean class acc. |"

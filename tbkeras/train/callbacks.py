@@ -6,7 +6,8 @@
 - `standard_callbacks`: lr schedule, BackupAndRestore, NaN guard, CSV and TensorBoard logs under
   `model_dir/<stage>/`, in the order their hooks depend on. BackupAndRestore's weights file is also
   the stage's latest checkpoint (`StageDir.latest_weights_path`): a second per-epoch save of the
-  same weights cost a student stage 17% of its time (three networks; BENCHMARKS.md).
+  same weights (Keras' ModelCheckpoint) cost the demo's student stage ~10 s of its ~2 minutes
+  (three networks, ~1 s per save; BENCHMARKS.md).
 """
 from __future__ import annotations
 
