@@ -134,7 +134,7 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
                   progress=lambda results: None) -> dict:
     work = runner.work_dir
     test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
-    by_kind = {}  # (percent, row, kind of class) -> [test top-1 % of that kind's videos per seed]
+    by_kind = {}  # (percent, row) -> {kind of class: [test top-1 % of that kind's videos per seed]}
     tstr = {"repetitive_mean_s": [], "order_mean_s": []}
     for seed in seeds:
         seed_flags = [f"--seed={seed}"]
@@ -171,7 +171,7 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
                     test.setdefault((percent, name), []).append(100 * metrics["top1"])
                     val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
                     for kind, top1 in metrics.get("top1_by_kind", {}).items():  # none in an older DONE
-                        by_kind.setdefault((percent, name, kind), []).append(100 * top1)
+                        by_kind.setdefault((percent, name), {}).setdefault(kind, []).append(100 * top1)
                     print(f"seed {seed}, {percent}% labeled, {LABELS[name]}: val {val[(percent, name)][-1]:.1f}, "
                           f"test {test[(percent, name)][-1]:.1f}", flush=True)
             progress(_collect(test, val, by_kind, tstr))
@@ -184,7 +184,7 @@ def _collect(test: dict, val: dict, by_kind: dict, tstr: dict) -> dict:
     results = {}
     for (percent, name), values in test.items():
         entry = {**_summary(values), "val": _summary(val[(percent, name)]),
-                 "by_kind": {kind: _summary(v) for (p, n, kind), v in by_kind.items() if (p, n) == (percent, name)}}
+                 "by_kind": {kind: _summary(v) for kind, v in by_kind.get((percent, name), {}).items()}}
         if name.startswith("table3/"):
             results.setdefault(percent, {}).setdefault("table3", {})[name.split("/")[1]] = entry
         else:

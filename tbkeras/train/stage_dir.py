@@ -179,7 +179,7 @@ class StageDir:
     def clear_training_state(self) -> None:
         """Remove what a run with another config left (backup, lr state, logs, DONE)."""
         for path in (self.backup_dir, self.lr_state_path, self.csv_log_path, self.done_path,
-                     self.latest_weights_path, self.final_weights_path):
+                     self.final_weights_path):  # backup_dir holds latest_weights_path
             if tf.io.gfile.isdir(path):
                 tf.io.gfile.rmtree(path)
             elif tf.io.gfile.exists(path):
