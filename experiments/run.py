@@ -143,7 +143,10 @@ flags.DEFINE_integer("unlabeled_batch_size", 4, "Unlabeled clips per student bat
 flags.DEFINE_integer("student_epochs", 100, "Student epochs.")
 flags.DEFINE_integer("student_steps_per_epoch", 100, "Student steps per epoch.")
 flags.DEFINE_float("student_lr", 1e-3, "Adam learning rate of the student.")
-flags.DEFINE_enum("student_init", "ssl", ["ssl", "random"], "Student initialisation: pretrain_ssl or random.")
+flags.DEFINE_enum("student_init", "ssl", ["ssl", "invariant", "distinctive", "random"],
+                  "Student initialisation: the backbone of pretrain_ssl (TCLR, the paper's), of "
+                  "pretrain_invariant or pretrain_distinctive (Algorithm 1 allows any SSL start; "
+                  "pretrain_ssl is then skipped), or random (paper Table 7).")
 flags.DEFINE_enum("teachers", "both", ["both", "invariant", "distinctive", "none"], "Teachers distilled.")
 flags.DEFINE_enum("reweighting", "tstr", ["tstr", "average"], "Teacher weight s: TSTR score or 0.5.")
 flags.DEFINE_enum("distill_loss", "l2", ["l2", "kl", "js"], "Distillation loss D (paper Table 6).")

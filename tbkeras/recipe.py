@@ -9,6 +9,7 @@ the stages it read). `Recipe.run` skips a stage whose marker matches, so `run("a
     pretrain_invariant    f_I, L_I (Eq. 1)                      -> backbone + head weights
     pretrain_distinctive  f_D, L_D1 + L_D2 (Eq. 3, TCLR)        -> backbone + head weights
     pretrain_ssl          full TCLR objective: student init     -> backbone + head weights
+                          (skipped when --student_init names another SSL stage)
     tstr                  s per training video (Eq. 5-6)        -> tstr_scores.json
     finetune_teachers     f_I, f_D + classifier, labeled CE     -> invariant/, distinctive/
     supervised            labels-only baseline (optional)       -> classifier weights
@@ -208,6 +209,10 @@ class SupervisedSettings:
     stride: int = 2
 
 
+# --student_init -> the SSL stage whose backbone the student starts from.
+STUDENT_INITS = {"ssl": "pretrain_ssl", "invariant": "pretrain_invariant", "distinctive": "pretrain_distinctive"}
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentSettings:
     train: TrainConfig
@@ -215,12 +220,20 @@ class StudentSettings:
     unlabeled_batch_size: int = 4
     clip_length: int = 8
     stride: int = 2
-    init: str = "ssl"  # "ssl" (from pretrain_ssl) or "random" (paper Table 7)
+    # The SSL checkpoint the student starts from (STUDENT_INITS), or "random" (paper Table 7).
+    # Algorithm 1 takes "any SSL method"; the paper's is TCLR, our pretrain_ssl.
+    init: str = "ssl"
     distill: StudentConfig = StudentConfig()
 
     def __post_init__(self):
-        if self.init not in ("ssl", "random"):
-            raise ValueError(f"student init must be 'ssl' or 'random', got {self.init!r}")
+        if self.init not in (*STUDENT_INITS, "random"):
+            raise ValueError(f"student init must be one of {', '.join(STUDENT_INITS)} or 'random', "
+                             f"got {self.init!r}")
+
+    @property
+    def init_stage(self) -> str | None:
+        """The SSL stage whose backbone the student starts from; None for a random start."""
+        return STUDENT_INITS.get(self.init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +300,7 @@ def stages_for_all(config: RecipeConfig) -> list[str]:
     for stage in STAGES:
         if stage == "prepare_data" and config.prepare is None:
             continue
-        if stage == "pretrain_ssl" and config.student.init == "random" and not (
+        if stage == "pretrain_ssl" and config.student.init_stage != "pretrain_ssl" and not (
                 config.supervised_baseline and config.supervised_init == "ssl"):
             continue
         if stage == "tstr" and not config.student.distill.needs_scores:
@@ -574,6 +587,13 @@ class Recipe:
         checkpoints.load_weights_verified(teacher, StageDir(path).final_weights_path, what=f"finetuned {kind} teacher")
         return teacher
 
+    def _initial_student(self, num_classes: int) -> ClassifierModel:
+        """The student before distillation: random, or the backbone of its SSL init stage."""
+        student = self._classifier(num_classes, name="student")
+        if self.config.student.init_stage is not None:
+            load_pretrained_backbone(student, stage_dir(self.config, self.config.student.init_stage))
+        return student
+
     def _student(self) -> dict[str, Any]:
         st = self.config.student
         train = self._train(st.train)
@@ -582,17 +602,15 @@ class Recipe:
                     if st.distill.teachers in ("both", k)}
         if st.distill.needs_scores:
             upstream["tstr"] = self._done_config("tstr")
-        if st.init == "ssl":
-            upstream["pretrain_ssl"] = self._done_config("pretrain_ssl")
+        if st.init_stage is not None:
+            upstream[st.init_stage] = self._done_config(st.init_stage)
         identity = self._identity(student=_without_train(st), **upstream)
         done = _finished(path, stage_identity(train, identity), checkpoints.CLASSIFIER_WEIGHTS)
         if done is not None:
             return done
         num_classes = len(self._class_names())
         with self.strategy.scope():
-            student = self._classifier(num_classes, name="student")
-            if st.init == "ssl":
-                load_pretrained_backbone(student, stage_dir(self.config, "pretrain_ssl"))
+            student = self._initial_student(num_classes)
             teachers = {k: self._teacher(k, num_classes) if st.distill.teachers in ("both", k) else None
                         for k in TEACHER_KINDS}
             model = StudentDistiller(student, teachers["invariant"], teachers["distinctive"], st.distill)

@@ -1,5 +1,6 @@
 """The recipe's stage order and its errors on bad input (fast: nothing is trained here)."""
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from tbkeras import recipe
 from tbkeras.data import pipelines
+from tbkeras.stages.checkpoints import BACKBONE_WEIGHTS
 from tbkeras.stages.student import StudentConfig
 from tbkeras.train.stage_dir import TrainConfig
 from tests.data.shard_fixtures import FakeVideo, write_split
@@ -228,3 +230,23 @@ def test_a_path_spelled_another_way_finds_the_finished_stage(tmp_path, monkeypat
     recipe.Recipe(spelled).run("supervised")
     assert done.stat().st_mtime_ns == written
     assert spelled.data.tfrecord_dir == str(tmp_path / "tfrecords")
+
+
+@pytest.mark.parametrize("init", ["distinctive", "invariant"])
+def test_student_starting_from_a_teachers_pretraining_loads_it_and_skips_pretrain_ssl(tmp_path, init):
+    # Algorithm 1 starts the student from "any SSL method": a teacher's pretraining saves pretrain_ssl.
+    write_split(str(tmp_path / "tfrecords"), "train", [FakeVideo(f"v{i}", 20, i % 3) for i in range(6)])
+    config = _config(tmp_path)
+    config = dataclasses.replace(config, student=dataclasses.replace(config.student, init=init))
+    assert "pretrain_ssl" not in recipe.stages_for_all(config)
+    runner = recipe.Recipe(config)
+    saved = runner.pretrained_backbone(None)
+    rng = np.random.default_rng(0)
+    saved.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) for w in saved.get_weights()])
+    os.makedirs(os.path.join(config.model_dir, f"pretrain_{init}"))
+    saved.save_weights(os.path.join(config.model_dir, f"pretrain_{init}", BACKBONE_WEIGHTS))
+    student = runner._initial_student(3)
+    for got, want in zip(student.backbone.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="student init must be one of ssl, invariant, distinctive or 'random'"):
+        recipe.StudentSettings(train=config.student.train, init="imagenet")
