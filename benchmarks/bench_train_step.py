@@ -63,7 +63,9 @@ flags.DEFINE_integer("r3d18_batch", 8, "R3D-18 clips per finetune / student step
 flags.DEFINE_integer("r3d50_batch", 2, "Slow-R50 clips per finetune / student step.")
 flags.DEFINE_integer("ssl_videos", 2, "Videos per SSL step (L_I's negatives are the other videos).")
 flags.DEFINE_integer("ssl_num_clips", 4, "Clips n per SSL video (+1 global clip per view for L_D2).")
-flags.DEFINE_integer("ssl_frames", 16, "Frames per SSL clip.")
+flags.DEFINE_integer("ssl_frames", 16, "Frames per SSL local clip.")
+flags.DEFINE_integer("ssl_global_frames", 0, "Frames of L_D2's global clip (0 = --ssl_frames, as the paper; "
+                     "the demo's 8-frame local clips need 16, recipe flag --ssl_global_clip_length).")
 flags.DEFINE_integer("frames", 8, "Frames per finetune / student clip.")
 flags.DEFINE_integer("steps", 6, "Timed steps per process (the median is reported).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, oneDNN primitive caches).")
@@ -91,6 +93,7 @@ class Job:
     ssl_videos: int
     ssl_num_clips: int
     ssl_frames: int
+    ssl_global_frames: int  # L_D2's global clip; != ssl_frames: a second backbone call, as the recipe
     frames: int
     steps: int
     warmup: int
@@ -127,7 +130,7 @@ def make_element(job: Job) -> dict:
     if job.stage in SSL_STAGES:
         v, n, f = job.ssl_videos, job.ssl_num_clips, job.ssl_frames
         return {"local": rng.random((v, job.views, n, f, s, s, 3), dtype=np.float32),
-                "global": rng.random((v, job.views, f, s, s, 3), dtype=np.float32)}
+                "global": rng.random((v, job.views, job.ssl_global_frames, s, s, 3), dtype=np.float32)}
     clips = rng.random((job.batch, job.frames, s, s, 3), dtype=np.float32)
     labels = (np.arange(job.batch) % NUM_CLASSES).astype(np.int32)
     if job.stage == "finetune":
@@ -305,16 +308,25 @@ def torch_step(job: Job) -> Callable[[], None]:
         v, n = job.views, job.ssl_num_clips
         b = job.ssl_videos
 
+        def features():
+            """pooled local [B*V*n, C], temporal global [B*V, T', C] (None for L_I alone): one backbone
+            call when the clips have one length, else one per length (tbkeras.stages.pretrain)."""
+            if job.stage == "invariant":
+                return backbone(local)[0], None
+            if job.ssl_global_frames == job.ssl_frames:
+                pooled, temporal = backbone(torch.cat([local, global_clips]).contiguous(memory_format=layout))
+                return pooled[:local.shape[0]], temporal[local.shape[0]:]
+            return backbone(local)[0], backbone(global_clips)[1]
+
         def loss_fn():
-            x = local if job.stage == "invariant" else torch.cat([local, global_clips]).contiguous(memory_format=layout)
-            pooled, temporal = backbone(x)
-            z = head(pooled[:local.shape[0]]).reshape(b, v, n, -1)
+            pooled, temporal_global = features()
+            z = head(pooled).reshape(b, v, n, -1)
             terms = []
             if job.stage != "distinctive":
                 terms.append(sum(invariance(z[:, i]) for i in range(v)) / v)
             if job.stage != "invariant":
                 terms.append(distinctiveness(z[:, 0], z[:, 1]))
-                slices = F.adaptive_avg_pool1d(temporal[local.shape[0]:].transpose(1, 2), n).transpose(1, 2)
+                slices = F.adaptive_avg_pool1d(temporal_global.transpose(1, 2), n).transpose(1, 2)
                 z_slices = head(slices).reshape(b, v, n, -1)
                 terms.append(sum(global_local(z_slices[:, i], z[:, i]) for i in range(v)) / v)
             return sum(terms)
@@ -499,7 +511,10 @@ def step_flops(job: Job, fwd: dict[str, int]) -> int:
     from tbkeras.models.flops import TRAIN_FLOPS_PER_FORWARD as TRAIN
 
     if job.stage in SSL_STAGES:  # (the head on L_D2's global slices, < 0.01%, is left out)
-        return int(job.clips_per_step() * TRAIN * (fwd[f"clip{job.ssl_frames}"] + fwd["head"]))
+        local = job.ssl_videos * job.views * job.ssl_num_clips
+        global_clips = job.clips_per_step() - local
+        return int(TRAIN * (local * (fwd[f"clip{job.ssl_frames}"] + fwd["head"])
+                            + global_clips * (fwd[f"clip{job.ssl_global_frames}"] + fwd["head"])))
     per_clip = fwd[f"clip{job.frames}"] + fwd["classifier"]
     teachers = 2 if job.stage == "student" else 0
     return int(job.batch * (TRAIN + teachers) * per_clip)
@@ -558,6 +573,15 @@ def markdown_profile(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ssl_shape(job: Job) -> str:
+    """"2 videos x 2 views x (4 x 8x32x32 + 1 x 16x32x32)": the local clips, and L_D2's global clip."""
+    frame = f"{job.size}x{job.size}"
+    clips = f"{job.ssl_num_clips} x {job.ssl_frames}x{frame}"
+    if job.stage != "invariant":
+        clips += f" + 1 x {job.ssl_global_frames}x{frame}"
+    return f"{job.ssl_videos} videos x {job.views} views x ({clips})"
+
+
 def _check_choices(name: str, values: list[str], choices: tuple[str, ...]) -> None:
     bad = [v for v in values if v not in choices]
     if bad or not values:
@@ -588,6 +612,9 @@ def main(argv):
     if min(batches.values()) < 2 or ssl_videos < 2 or FLAGS.ssl_num_clips < 2 or steps < 1:
         raise app.UsageError("batches and --ssl_videos need >= 2 (labeled + unlabeled; L_I's negatives), "
                              "--ssl_num_clips >= 2, --steps >= 1")
+    if FLAGS.ssl_global_frames < 0:
+        raise app.UsageError(f"--ssl_global_frames={FLAGS.ssl_global_frames}: frames of the global clip, "
+                             ">= 1 (or 0 for --ssl_frames)")
     output = FLAGS.output or os.path.join(REPO, "benchmarks", "results",
                                           "train_step_quick.json" if quick else "train_step.json")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -596,7 +623,8 @@ def main(argv):
     start = time.perf_counter()
     setup = {"machine": machine(), "command": " ".join(["python benchmarks/bench_train_step.py", *sys.argv[1:]]),
              "threads": FLAGS.threads, "steps": steps, "warmup": warmup, "width": width}
-    fwd = {m: forward_flops(m, width, sizes[m], tuple(sorted({FLAGS.frames, FLAGS.ssl_frames})))
+    global_frames = FLAGS.ssl_global_frames or FLAGS.ssl_frames
+    fwd = {m: forward_flops(m, width, sizes[m], tuple(sorted({FLAGS.frames, FLAGS.ssl_frames, global_frames})))
            for m in FLAGS.models}
     variants = [("tbkeras", sc) for sc in FLAGS.strided_convs if "tbkeras" in FLAGS.impls]
     variants += [("torch", "")] if "torch" in FLAGS.impls else []
@@ -605,15 +633,14 @@ def main(argv):
         for stage in FLAGS.stages:
             for precision in FLAGS.precisions:
                 jobs = [Job(impl, sc, model, stage, precision, width, sizes[model], batches[model], ssl_videos,
-                            FLAGS.ssl_num_clips, FLAGS.ssl_frames, FLAGS.frames, steps, warmup, FLAGS.threads,
+                            FLAGS.ssl_num_clips, FLAGS.ssl_frames, global_frames, FLAGS.frames, steps, warmup,
+                            FLAGS.threads,
                             FLAGS.profile_steps)
                         for impl, sc in variants]
                 if len(rows) % 2:
                     jobs.reverse()  # alternate which implementation goes first
                 job = jobs[0]
-                shape = (f"{job.ssl_videos} videos x {job.views} views x ({job.ssl_num_clips}"
-                         f"{' + 1' if stage != 'invariant' else ''}) x {job.ssl_frames}x{job.size}x{job.size}"
-                         if stage in SSL_STAGES else f"B={job.batch}, {job.frames}x{job.size}x{job.size}")
+                shape = ssl_shape(job) if stage in SSL_STAGES else f"B={job.batch}, {job.frames}x{job.size}x{job.size}"
                 row = {"model": MODEL_NAMES[model], "stage": stage, "precision": precision, "shape": shape,
                        "width": width, "clips_per_step": job.clips_per_step(),
                        "flops_per_step": step_flops(job, fwd[model]), "runs": {}}
