@@ -55,6 +55,8 @@ flags.DEFINE_list("fractions", ["10", "25"], "Labeled percentages of the synthet
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: labeled subset, validation groups, initialisation, input order.")
 flags.DEFINE_multi_string("recipe_flag", [], "A run.py flag appended to every row, e.g. --recipe_flag=--ssl_epochs=1 "
                           "for a quick check of the machinery (the recorded figures use none).")
+flags.DEFINE_list("rows", [], "Only these rows (a-g for Table 2, table3/a-table3/e), for a pilot; the recorded "
+                  "table runs them all (empty).")
 flags.DEFINE_bool("share_ssl", True, "Pretrain the two teachers and the student's initialisation once, under the "
                   "first seed, for every seed (the CPU budget); --noshare_ssl pretrains per seed.")
 flags.DEFINE_string("work_dir", os.path.join(REPO, "runs", "bench_semisup"), "Where every row's model_dir goes.")
@@ -131,7 +133,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_ssl: bool,
-                  progress=lambda results: None) -> dict:
+                  progress=lambda results: None, rows_wanted: tuple[str, ...] = ()) -> dict:
     work = runner.work_dir
     test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
     by_kind = {}  # (percent, row) -> {kind of class: [test top-1 % of that kind's videos per seed]}
@@ -157,6 +159,8 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
             for table, rows in (("", TABLE2), ("table3/", TABLE3)):
                 for row, (stage, evaluated, row_flags) in rows.items():
                     name = table + row
+                    if rows_wanted and name not in rows_wanted:
+                        continue
                     if stage is None:
                         metrics = teachers[run_row_name(evaluated)]
                     else:
@@ -208,8 +212,13 @@ def markdown(results: dict, fractions: list[str]) -> str:
     lines = [head, "|---|" + ("---:|---:|" + "---:|" * len(kinds)) * len(fractions)]
     for name in (*TABLE2, *(f"table3/{r}" for r in TABLE3)):
         cells = []
+        if not any(name in _entries(results, p) for p in fractions):
+            continue  # not run (--rows)
         for p in fractions:
-            entry = _entries(results, p)[name]
+            entry = _entries(results, p).get(name)
+            if entry is None:
+                cells.append(" | ".join(["-"] * (2 + len(kinds))))
+                continue
             cells.append(" | ".join([_mean_std(entry), _mean_std(entry["val"]),
                                      *(_mean_std(entry["by_kind"].get(kind)) for kind in kinds)]))
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
@@ -219,7 +228,7 @@ def markdown(results: dict, fractions: list[str]) -> str:
 def _entries(results: dict, percent: str) -> dict:
     """{row name as in LABELS: its entry} of one fraction."""
     rows = {name: entry for name, entry in results[percent].items() if name != "table3"}
-    return {**rows, **{f"table3/{r}": entry for r, entry in results[percent]["table3"].items()}}
+    return {**rows, **{f"table3/{r}": entry for r, entry in results[percent].get("table3", {}).items()}}
 
 
 def _mean_std(entry: dict | None) -> str:
@@ -235,6 +244,10 @@ def main(argv):
     for p in fractions:
         if not 0 < float(p) < 100:
             raise app.UsageError(f"--fractions: {p} is not a percentage in (0, 100)")
+    rows_wanted = tuple(FLAGS.rows)
+    unknown = [r for r in rows_wanted if r not in LABELS]
+    if unknown:
+        raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(LABELS)}")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from tbkeras.malloc import tune_malloc
 
@@ -253,6 +266,7 @@ def main(argv):
         results["setup"] = {
             "complete": complete, "share_ssl": share_ssl, "flagfile": os.path.relpath(flagfile, REPO),
             "fractions_percent": fractions, "seeds": seeds, "recipe_flags": extra, "cpu": cpu_model(),
+            "rows": list(rows_wanted) or "all",
             "cores": os.cpu_count(), "seconds": round(time.perf_counter() - start, 1),
             "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
             "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
@@ -260,14 +274,16 @@ def main(argv):
         }
         atomic_write_json(output, results)
 
-    results = run_benchmark(runner, fractions, seeds, share_ssl, progress=lambda r: write(r, complete=False))
+    results = run_benchmark(runner, fractions, seeds, share_ssl, progress=lambda r: write(r, complete=False),
+                            rows_wanted=rows_wanted)
     write(results, complete=True)
-    rows = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance (TSTR)"}
+    plotted = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance (TSTR)",
+               "table3/a": "T3 (a) random init, labels only", "table3/e": "T3 (e) random init, TimeBalance"}
     curves = {}
     for p in fractions:
-        curves[float(p) / 100] = {label: (results[p][r]["mean"], results[p][r]["std"]) for r, label in rows.items()}
-        for r, label in (("a", "T3 (a) random init, labels only"), ("e", "T3 (e) random init, TimeBalance")):
-            curves[float(p) / 100][label] = (results[p]["table3"][r]["mean"], results[p]["table3"][r]["std"])
+        entries = _entries(results, p)
+        curves[float(p) / 100] = {label: (entries[r]["mean"], entries[r]["std"])
+                                  for r, label in plotted.items() if r in entries}
     figures.plot_accuracy_vs_labeled_fraction(plot, curves, title="Small-scale ablations (synthetic, 8 classes)",
                                               ylabel="test top-1 (%)")
     print(markdown(results, fractions))
