@@ -206,16 +206,17 @@ def run_row_name(short: str) -> str:
 
 def markdown(results: dict, fractions: list[str]) -> str:
     """The Table 2 / 3 rows: test and validation top-1, then the test top-1 of each kind of class."""
-    kinds = list(dict.fromkeys(k for p in fractions for e in _entries(results, p).values() for k in e["by_kind"]))
+    entries = {p: _entries(results, p) for p in fractions}
+    kinds = list(dict.fromkeys(k for p in fractions for e in entries[p].values() for k in e["by_kind"]))
     head = "| row | " + " | ".join(f"{p}% test top-1 | {p}% val top-1" + "".join(
         f" | {p}% test, {kind}" for kind in kinds) for p in fractions) + " |"
     lines = [head, "|---|" + ("---:|---:|" + "---:|" * len(kinds)) * len(fractions)]
     for name in (*TABLE2, *(f"table3/{r}" for r in TABLE3)):
-        cells = []
-        if not any(name in _entries(results, p) for p in fractions):
+        if not any(name in entries[p] for p in fractions):
             continue  # not run (--rows)
+        cells = []
         for p in fractions:
-            entry = _entries(results, p).get(name)
+            entry = entries[p].get(name)
             if entry is None:
                 cells.append(" | ".join(["-"] * (2 + len(kinds))))
                 continue
