@@ -22,6 +22,8 @@ self-supervised pretrainings and TSTR are run once, under the first seed, and sh
   Table 2 (student from pretrain_ssl): a f_S alone (labels only), b f_I, c f_D, d f_S + f_I,
     e f_S + f_D, f f_S + f_I + f_D averaged, g the same with TSTR reweighting (TimeBalance).
   Table 3 (randomly initialised student): a labels only, b + f_I, c + f_D, d + both averaged, e + TSTR.
+With --row_workers=2 the trained rows of a seed and fraction run two at a time, each in a process
+of its own with half the cores' threads (the upstream stages still run here, on all of them).
 Nothing is selected on the test split: no checkpoint is chosen at all (every model is its final
 weights), and the validation top-1 is reported beside the test top-1.
 
@@ -32,7 +34,10 @@ better teacher there.
 Writes `--output` (benchmarks/results/semisup.json) and `--plot` (accuracy versus labeled fraction);
 prints a Markdown table for BENCHMARKS.md.
 """
+import concurrent.futures
+import dataclasses
 import importlib.util
+import multiprocessing
 import os
 import statistics
 import sys
@@ -57,6 +62,8 @@ flags.DEFINE_multi_string("recipe_flag", [], "A run.py flag appended to every ro
                           "for a quick check of the machinery (the recorded figures use none).")
 flags.DEFINE_list("rows", [], "Only these rows (a-g for Table 2, table3/a-table3/e), for a pilot; the recorded "
                   "table runs them all (empty).")
+flags.DEFINE_integer("row_workers", 1, "Trained rows run this many at a time, each in a process of its own with "
+                     "cores / row_workers TensorFlow threads; 1 runs them one by one in this process.")
 flags.DEFINE_bool("share_ssl", True, "Pretrain the two teachers and the student's initialisation once, under the "
                   "first seed, for every seed (the CPU budget); --noshare_ssl pretrains per seed.")
 flags.DEFINE_string("work_dir", os.path.join(REPO, "runs", "bench_semisup"), "Where every row's model_dir goes.")
@@ -112,9 +119,83 @@ class Runner:
 
         keras.backend.clear_session()
         metrics = self.recipe.Recipe(config).run(stage)[stage]
-        key = f"{stage}"
-        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         return metrics
+
+    def train_row(self, row: "Row") -> dict:
+        """Train one row's model (its own model_dir, upstream stages linked) and evaluate it."""
+        self.run(row.model_dir, row.stage, *row.args)
+        return self.run(row.model_dir, "evaluate", *row.args, f"--evaluate_models={row.evaluated}")[
+            run_row_name(row.evaluated)]
+
+    def train_rows(self, rows: list["Row"], workers: "RowWorkers | None"):
+        """Yield (row, metrics) as the rows finish: here, one by one, or on `workers`."""
+        if workers is None:
+            for row in rows:
+                yield row, self.train_row(row)
+            return
+        futures = {workers.pool.submit(_train_row_in_worker, row): row for row in rows}
+        for future in concurrent.futures.as_completed(futures):
+            metrics, seconds = future.result()
+            for stage, value in seconds.items():
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+            yield futures[future], metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One trained row of one seed and fraction: `stage` run in `model_dir` with `args`, then the
+    `evaluated` model scored."""
+
+    name: str
+    model_dir: str
+    stage: str
+    evaluated: str
+    args: tuple[str, ...]
+
+
+class RowWorkers:
+    """Processes that train rows side by side, each with its own Runner and `threads` threads.
+
+    At the small scale one train step barely uses a second core (BENCHMARKS.md: a student step
+    takes 72 ms on 2 threads and 77 ms on 1), so two rows at a time on 2 cores finish sooner than
+    one row on both.
+    """
+
+    def __init__(self, count: int, threads: int, flagfile: str, work_dir: str, extra: list[str]):
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=count, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(threads, flagfile, work_dir, extra))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+_worker_runner: Runner | None = None  # the Runner of a RowWorkers process
+
+
+def _start_worker(threads: int, flagfile: str, work_dir: str, extra: list[str]) -> None:
+    global _worker_runner
+    _configure_tensorflow(threads)
+    _worker_runner = Runner(flagfile, work_dir, extra)
+
+
+def _train_row_in_worker(row: Row) -> tuple[dict, dict]:
+    _worker_runner.seconds.clear()
+    metrics = _worker_runner.train_row(row)
+    return metrics, dict(_worker_runner.seconds)
+
+
+def _configure_tensorflow(threads: int) -> None:
+    """The allocator and thread counts, before TensorFlow starts its threads."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from tbkeras.malloc import tune_malloc
+
+    tune_malloc()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def _link(model_dir: str, source_dir: str, stages) -> None:
@@ -133,7 +214,8 @@ def _summary(values: list[float]) -> dict:
 
 
 def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_ssl: bool,
-                  progress=lambda results: None, rows_wanted: tuple[str, ...] = ()) -> dict:
+                  progress=lambda results: None, rows_wanted: tuple[str, ...] = (),
+                  workers: RowWorkers | None = None) -> dict:
     work = runner.work_dir
     test, val = {}, {}  # (percent, row) -> [top-1 % per seed]
     by_kind = {}  # (percent, row) -> {kind of class: [test top-1 % of that kind's videos per seed]}
@@ -156,28 +238,29 @@ def run_benchmark(runner: Runner, fractions: list[str], seeds: list[str], share_
                     tstr["order_mean_s"].append(metrics["order_mean_s"])
             runner.run(base, "finetune_teachers", *pct_flags)
             teachers = runner.run(base, "evaluate", *pct_flags, "--evaluate_models=invariant,distinctive")
+            cell, trained = {}, []  # row name -> metrics; the rows to train
             for table, rows in (("", TABLE2), ("table3/", TABLE3)):
                 for row, (stage, evaluated, row_flags) in rows.items():
                     name = table + row
                     if rows_wanted and name not in rows_wanted:
                         continue
                     if stage is None:
-                        metrics = teachers[run_row_name(evaluated)]
-                    else:
-                        row_dir = os.path.join(work, f"seed{seed}", f"pct{percent}", name.replace("/", "_"))
-                        _link(row_dir, base, SSL_STAGES + ("finetune_teachers",))
-                        row_args = [*pct_flags, *row_flags]
-                        if stage == "supervised":
-                            row_args.append("--supervised_baseline")
-                        runner.run(row_dir, stage, *row_args)
-                        metrics = runner.run(row_dir, "evaluate", *row_args,
-                                             f"--evaluate_models={evaluated}")[run_row_name(evaluated)]
-                    test.setdefault((percent, name), []).append(100 * metrics["top1"])
-                    val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
-                    for kind, top1 in metrics.get("top1_by_kind", {}).items():  # none in an older DONE
-                        by_kind.setdefault((percent, name), {}).setdefault(kind, []).append(100 * top1)
-                    print(f"seed {seed}, {percent}% labeled, {LABELS[name]}: val {val[(percent, name)][-1]:.1f}, "
-                          f"test {test[(percent, name)][-1]:.1f}", flush=True)
+                        cell[name] = teachers[run_row_name(evaluated)]
+                        continue
+                    row_dir = os.path.join(work, f"seed{seed}", f"pct{percent}", name.replace("/", "_"))
+                    _link(row_dir, base, SSL_STAGES + ("finetune_teachers",))
+                    baseline = ("--supervised_baseline",) if stage == "supervised" else ()
+                    trained.append(Row(name, row_dir, stage, evaluated, (*pct_flags, *row_flags, *baseline)))
+            for row, metrics in runner.train_rows(trained, workers):
+                cell[row.name] = metrics
+                print(f"seed {seed}, {percent}% labeled, {LABELS[row.name]}: val {100 * metrics['val']['top1']:.1f}, "
+                      f"test {100 * metrics['top1']:.1f}", flush=True)
+            for name in (n for n in LABELS if n in cell):  # the table's order, whatever order rows finished in
+                metrics = cell[name]
+                test.setdefault((percent, name), []).append(100 * metrics["top1"])
+                val.setdefault((percent, name), []).append(100 * metrics["val"]["top1"])
+                for kind, top1 in metrics.get("top1_by_kind", {}).items():  # none in an older DONE
+                    by_kind.setdefault((percent, name), {}).setdefault(kind, []).append(100 * top1)
             progress(_collect(test, val, by_kind, tstr))
     return _collect(test, val, by_kind, tstr)
 
@@ -198,6 +281,45 @@ def _collect(test: dict, val: dict, by_kind: dict, tstr: dict) -> dict:
     return results
 
 
+# Differences paired by seed (same labeled list, same shared teachers): what each row adds.
+PAIRS = {
+    "g - a": ("g", "a", "TimeBalance against labels only from the same start (the target)"),
+    "g - table3/a": ("g", "table3/a", "TimeBalance against labels only from random weights (the demo's comparison)"),
+    "e - c": ("e", "c", "a student against its only teacher, f_D"),
+    "g - e": ("g", "e", "TSTR's two teachers against f_D alone"),
+    "g - f": ("g", "f", "TSTR reweighting against the plain average"),
+    "table3/e - table3/a": ("table3/e", "table3/a", "TimeBalance from random weights against labels only"),
+}
+
+
+def paired(results: dict, fractions: list[str]) -> dict:
+    """{percent: {"g - a": {"mean", "std", "runs", "val": {...}}, ...}}: per-seed differences of
+    test (and validation) top-1 between two rows run on the same seeds."""
+    out = {}
+    for p in fractions:
+        entries = _entries(results, p)
+        for key, (first, second, _) in PAIRS.items():
+            if first in entries and second in entries:
+                a, b = entries[first], entries[second]
+                out.setdefault(p, {})[key] = {
+                    **_summary([x - y for x, y in zip(a["runs"], b["runs"])]),
+                    "val": _summary([x - y for x, y in zip(a["val"]["runs"], b["val"]["runs"])])}
+    return out
+
+
+def paired_markdown(differences: dict, fractions: list[str]) -> str:
+    lines = ["| difference, paired by seed | " + " | ".join(f"{p}% test | {p}% val" for p in fractions) + " |",
+             "|---|" + "---:|---:|" * len(fractions)]
+    for key, (first, second, what) in PAIRS.items():
+        if not any(key in differences.get(p, {}) for p in fractions):
+            continue
+        cells = [f"{_mean_std(differences[p].get(key), signed=True)} | "
+                 f"{_mean_std((differences[p].get(key) or {}).get('val'), signed=True)}" for p in fractions]
+        short = {name: LABELS[name].split(")")[0] + ")" for name in (first, second)}  # "(g)", "T3 (a)"
+        lines.append(f"| {short[first]} - {short[second]}: {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_row_name(short: str) -> str:
     from tbkeras import recipe
 
@@ -207,7 +329,7 @@ def run_row_name(short: str) -> str:
 def markdown(results: dict, fractions: list[str]) -> str:
     """The Table 2 / 3 rows: test and validation top-1, then the test top-1 of each kind of class."""
     entries = {p: _entries(results, p) for p in fractions}
-    kinds = list(dict.fromkeys(k for p in fractions for e in entries[p].values() for k in e["by_kind"]))
+    kinds = list(dict.fromkeys(k for p in fractions for e in entries[p].values() for k in e.get("by_kind", {})))
     head = "| row | " + " | ".join(f"{p}% test top-1 | {p}% val top-1" + "".join(
         f" | {p}% test, {kind}" for kind in kinds) for p in fractions) + " |"
     lines = [head, "|---|" + ("---:|---:|" + "---:|" * len(kinds)) * len(fractions)]
@@ -221,7 +343,7 @@ def markdown(results: dict, fractions: list[str]) -> str:
                 cells.append(" | ".join(["-"] * (2 + len(kinds))))
                 continue
             cells.append(" | ".join([_mean_std(entry), _mean_std(entry["val"]),
-                                     *(_mean_std(entry["by_kind"].get(kind)) for kind in kinds)]))
+                                     *(_mean_std(entry.get("by_kind", {}).get(kind)) for kind in kinds)]))
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -232,8 +354,8 @@ def _entries(results: dict, percent: str) -> dict:
     return {**rows, **{f"table3/{r}": entry for r, entry in results[percent].get("table3", {}).items()}}
 
 
-def _mean_std(entry: dict | None) -> str:
-    return "-" if entry is None else f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+def _mean_std(entry: dict | None, signed: bool = False) -> str:
+    return "-" if entry is None else f"{entry['mean']:{'+' if signed else ''}.1f} ± {entry['std']:.1f}"
 
 
 def main(argv):
@@ -241,7 +363,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     fractions, seeds = list(FLAGS.fractions), list(FLAGS.seeds)
     flagfile, work_dir, output, plot = FLAGS.bench_flagfile, FLAGS.work_dir, FLAGS.output, FLAGS.plot
-    extra, share_ssl = list(FLAGS.recipe_flag), FLAGS.share_ssl
+    extra, share_ssl, row_workers = list(FLAGS.recipe_flag), FLAGS.share_ssl, FLAGS.row_workers  # before the
+    # Runner re-parses FLAGS with each row's recipe flags
     for p in fractions:
         if not 0 < float(p) < 100:
             raise app.UsageError(f"--fractions: {p} is not a percentage in (0, 100)")
@@ -249,16 +372,15 @@ def main(argv):
     unknown = [r for r in rows_wanted if r not in LABELS]
     if unknown:
         raise app.UsageError(f"--rows: unknown {unknown}; choose from {', '.join(LABELS)}")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from tbkeras.malloc import tune_malloc
-
-    tune_malloc()
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
+    if row_workers < 1:
+        raise app.UsageError(f"--row_workers must be >= 1, got {row_workers}")
+    cores = os.cpu_count() or 1
+    _configure_tensorflow(cores)
     start = time.perf_counter()
     runner = Runner(flagfile, work_dir, extra)
+    workers = None
+    if row_workers > 1:
+        workers = RowWorkers(row_workers, max(1, cores // row_workers), flagfile, work_dir, extra)
     from tbkeras import figures
     from tbkeras.files import atomic_write_json
 
@@ -267,7 +389,7 @@ def main(argv):
         results["setup"] = {
             "complete": complete, "share_ssl": share_ssl, "flagfile": os.path.relpath(flagfile, REPO),
             "fractions_percent": fractions, "seeds": seeds, "recipe_flags": extra, "cpu": cpu_model(),
-            "rows": list(rows_wanted) or "all",
+            "rows": list(rows_wanted) or "all", "row_workers": row_workers,
             "cores": os.cpu_count(), "seconds": round(time.perf_counter() - start, 1),
             "seconds_per_stage": {k: round(v, 1) for k, v in runner.seconds.items()},
             "metric": "video top-1 (%) on the synthetic test split; 'val' on the held-out training groups",
@@ -275,8 +397,13 @@ def main(argv):
         }
         atomic_write_json(output, results)
 
-    results = run_benchmark(runner, fractions, seeds, share_ssl, progress=lambda r: write(r, complete=False),
-                            rows_wanted=rows_wanted)
+    try:
+        results = run_benchmark(runner, fractions, seeds, share_ssl, progress=lambda r: write(r, complete=False),
+                                rows_wanted=rows_wanted, workers=workers)
+    finally:
+        if workers is not None:
+            workers.close()
+    results["paired"] = paired(results, fractions)
     write(results, complete=True)
     plotted = {"a": "(a) f_S alone", "b": "(b) f_I", "c": "(c) f_D", "g": "(g) TimeBalance (TSTR)",
                "table3/a": "T3 (a) random init, labels only", "table3/e": "T3 (e) random init, TimeBalance"}
@@ -288,6 +415,7 @@ def main(argv):
     figures.plot_accuracy_vs_labeled_fraction(plot, curves, title="Small-scale ablations (synthetic, 8 classes)",
                                               ylabel="test top-1 (%)")
     print(markdown(results, fractions))
+    print(paired_markdown(results["paired"], fractions))
     print(f"TSTR mean s: repetitive {results['tstr']['repetitive_mean_s']:.3f}, "
           f"order-dependent {results['tstr']['order_mean_s']:.3f}")
     minutes = (time.perf_counter() - start) / 60
