@@ -159,7 +159,8 @@ class RowWorkers:
 
     At the small scale one train step barely uses a second core (BENCHMARKS.md: a student step
     takes 72 ms on 2 threads and 77 ms on 1), so two rows at a time on 2 cores finish sooner than
-    one row on both.
+    one row on both (6 rows: 1.23x). Another thread count changes the float order, so the figures
+    differ from those of one worker with all the threads.
     """
 
     def __init__(self, count: int, threads: int, flagfile: str, work_dir: str, extra: list[str]):
