@@ -34,6 +34,7 @@ better teacher there.
 Writes `--output` (benchmarks/results/semisup.json) and `--plot` (accuracy versus labeled fraction);
 prints a Markdown table for BENCHMARKS.md.
 """
+import collections
 import concurrent.futures
 import dataclasses
 import importlib.util
@@ -104,7 +105,7 @@ class Runner:
         self.flagfile = flagfile
         self.work_dir = work_dir
         self.extra = extra
-        self.seconds: dict[str, float] = {}
+        self.seconds: collections.Counter[str] = collections.Counter()  # stage -> seconds, summed
         from tbkeras import recipe  # after flag parsing and the thread settings
 
         self.recipe = recipe
@@ -119,7 +120,7 @@ class Runner:
 
         keras.backend.clear_session()
         metrics = self.recipe.Recipe(config).run(stage)[stage]
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        self.seconds[stage] += time.perf_counter() - start
         return metrics
 
     def train_row(self, row: "Row") -> dict:
@@ -137,8 +138,7 @@ class Runner:
         futures = {workers.pool.submit(_train_row_in_worker, row): row for row in rows}
         for future in concurrent.futures.as_completed(futures):
             metrics, seconds = future.result()
-            for stage, value in seconds.items():
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+            self.seconds.update(seconds)  # Counter.update adds
             yield futures[future], metrics
 
 
@@ -314,8 +314,8 @@ def paired_markdown(differences: dict, fractions: list[str]) -> str:
     for key, (first, second, what) in PAIRS.items():
         if not any(key in differences.get(p, {}) for p in fractions):
             continue
-        cells = [f"{_mean_std(differences[p].get(key), signed=True)} | "
-                 f"{_mean_std((differences[p].get(key) or {}).get('val'), signed=True)}" for p in fractions]
+        entries = [differences.get(p, {}).get(key) for p in fractions]
+        cells = [f"{_mean_std(e, signed=True)} | {_mean_std(e and e['val'], signed=True)}" for e in entries]
         short = {name: LABELS[name].split(")")[0] + ")" for name in (first, second)}  # "(g)", "T3 (a)"
         lines.append(f"| {short[first]} - {short[second]}: {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
