@@ -11,9 +11,10 @@ differ, and a choice such as `strided_conv` that wins on one loses on another; i
 Rows: {R3D-18, Slow-R50} x {invariant, distinctive, ssl, finetune, student} x {fp32, bf16}. Each
 row runs tbkeras' real stage model (`tbkeras.stages`: `InvariantPretrainer`, `DistinctivePretrainer`,
 `SSLPretrainer`, `ClassifierModel`, `StudentDistiller` with two frozen teachers) through its
-`train_step` (`train_on_batch`, Adam, no XLA) once per `--strided_convs` choice, and the same
-step written here in PyTorch (`channels_last_3d`, `autocast(bfloat16)` for bf16; Adam), each in its
-own process with `--threads` threads, the implementations' order alternating from row to row.
+`train_step` (`train_on_batch`, `FusedAdam` as `fit_stage` compiles it, no XLA) once per
+`--strided_convs` choice, and the same step written here in PyTorch (`channels_last_3d`,
+`autocast(bfloat16)` for bf16; `Adam(fused=True)`, its fastest CPU Adam), each in its own process
+with `--threads` threads, the implementations' order alternating from row to row.
 A process does `--warmup` steps, then times `--steps` steps; the median is reported. One run.
 
 Reported per row: s/step, clips/s (clips through the trained backbone: SSL local + global clips,
@@ -155,6 +156,7 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
     from tbkeras.stages.finetune import ClassifierModel
     from tbkeras.stages.pretrain import DistinctivePretrainer, InvariantPretrainer, SSLPretrainer
     from tbkeras.stages.student import StudentConfig, StudentDistiller
+    from tbkeras.train import FusedAdam
 
     if job.precision == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -170,7 +172,7 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
     else:
         model = StudentDistiller(*(ClassifierModel(backbone(n), NUM_CLASSES, name=n) for n in
                                    ("student", "invariant_teacher", "distinctive_teacher")), StudentConfig())
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    model.compile(optimizer=FusedAdam(1e-3), jit_compile=False)  # as fit_stage compiles it
     element = tf.nest.map_structure(tf.constant, make_element(job))
     return lambda: model.train_on_batch(element, return_dict=True)
 
@@ -178,7 +180,7 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- torch
 
 def torch_step(job: Job) -> Callable[[], None]:
-    """The same step in PyTorch: hand-written backbones in channels_last_3d, Adam, bf16 autocast."""
+    """The same step in PyTorch: hand-written backbones in channels_last_3d, fused Adam, bf16 autocast."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -353,7 +355,7 @@ def torch_step(job: Job) -> Callable[[], None]:
                 d = ((p_t - torch.softmax(logits, -1)) ** 2).mean(dim=1)
                 return F.cross_entropy(logits[:nl], y) + 50.0 * d[:nl].mean() + 100.0 * d[nl:].mean()
 
-    optimizer = torch.optim.Adam(params, lr=1e-3)
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)  # torch's fastest CPU Adam (BENCHMARKS.md)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -539,6 +541,12 @@ def machine() -> dict[str, Any]:
             "load_average_before": os.getloadavg()}
 
 
+def _figures(x: float) -> str:
+    """3 significant figures without an exponent: 0.893, 388, 1,160."""
+    rounded = float(f"{x:.3g}")
+    return f"{rounded:,.0f}" if rounded >= 100 else f"{rounded:.3g}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | stage | shape | precision | implementation | s/step | clips/s | GFLOP/s | torch s / this s |",
              "|---|---|---|---|---|---:|---:|---:|---:|"]
@@ -552,7 +560,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             s = run["median_seconds"]
             ratio = f"{torch_s / s:.2f}x" if torch_s and label != "torch" else ""
             lines.append(f"| {row['model']} | {row['stage']} | {row['shape']} | {row['precision']} | {label} | "
-                         f"{s:.3g} | {row['clips_per_step'] / s:.3g} | {row['flops_per_step'] / s / 1e9:.3g} | "
+                         f"{s:.3g} | {row['clips_per_step'] / s:.3g} | {_figures(row['flops_per_step'] / s / 1e9)} | "
                          f"{ratio} |")
     return "\n".join(lines) + "\n"
 

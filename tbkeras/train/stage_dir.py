@@ -47,6 +47,7 @@ import keras
 import tensorflow as tf
 
 from tbkeras.files import atomic_save_weights, atomic_write_json, read_json
+from tbkeras.train.optimizers import FusedAdam
 from tbkeras.train.schedules import SCHEDULES
 from tbkeras.train.callbacks import NAN_ACTIONS, standard_callbacks
 from tbkeras.train.strategy import enable_multi_worker_fit, is_chief, worker_task
@@ -237,7 +238,7 @@ def fit_stage(
 
     Args:
         model: a built `keras.Model` with its own `train_step`, created under the strategy's scope.
-            Compiled here with Adam(config.lr) (or `optimizer`) unless already compiled.
+            Compiled here with `FusedAdam(config.lr)` (or `optimizer`) unless already compiled.
         train_data: a repeated `tf.data.Dataset` (or anything `fit` takes).
         stage_dir: `model_dir/<stage>`.
         config: the training parameters.
@@ -279,7 +280,7 @@ def fit_stage(
 
     if getattr(model, "optimizer", None) is None:
         with strategy.scope():
-            model.compile(optimizer=optimizer or keras.optimizers.Adam(config.lr),
+            model.compile(optimizer=optimizer or FusedAdam(config.lr),
                           jit_compile=config.jit_compile)
     enable_multi_worker_fit(model)
 
