@@ -20,7 +20,7 @@ A process does `--warmup` steps, then times `--steps` steps; the median is repor
 Reported per row: s/step, clips/s (clips through the trained backbone: SSL local + global clips,
 or the student's labeled + unlabeled clips), GFLOP/s (FLOPs counted by
 `tbkeras.models.flops.count_flops`: 3 forwards per trained clip, 1 per teacher forward) and the
-speed ratio torch s/step / tbkeras s/step (> 1: tbkeras faster). The PyTorch losses have the same
+speed ratio torch s/step (its fastest run in the row) / tbkeras s/step (> 1: tbkeras faster). The PyTorch losses have the same
 shapes and work as ours, not the same values: the backbones are >99.9% of the FLOPs.
 
 Torch comes from benchmarks/requirements-torch.txt, never from the project's requirements.
@@ -57,6 +57,8 @@ flags.DEFINE_list("stages", list(STAGES), "Stages: invariant, distinctive, ssl, 
 flags.DEFINE_list("precisions", list(PRECISIONS), "fp32 and/or bf16 (tbkeras mixed_bfloat16, torch autocast).")
 flags.DEFINE_list("impls", ["tbkeras", "torch"], "Implementations measured.")
 flags.DEFINE_list("strided_convs", ["native", "subsample"], "tbkeras strided_conv choices, one measurement each.")
+flags.DEFINE_list("adams", ["fused"], "Adam updates measured: fused (tbkeras FusedAdam, torch Adam(fused=True)) "
+                  "and/or unfused (keras.optimizers.Adam, torch's default per-tensor loop).")
 flags.DEFINE_float("width", 1.0, "Backbone width multiplier.")
 flags.DEFINE_integer("r3d18_size", 112, "R3D-18 crop side.")
 flags.DEFINE_integer("r3d50_size", 224, "Slow-R50 crop side.")
@@ -100,10 +102,12 @@ class Job:
     warmup: int
     threads: int
     profile_steps: int = 0  # > 0: then profile this many more steps, op time by kind (`profile_ops`)
+    adam: str = "fused"     # "fused" | "unfused" (keras.optimizers.Adam; torch's default loop)
 
     @property
     def label(self) -> str:
-        return f"tbkeras {self.strided_conv}" if self.impl == "tbkeras" else "torch"
+        label = f"tbkeras {self.strided_conv}" if self.impl == "tbkeras" else "torch"
+        return label if self.adam == "fused" else f"{label}, unfused Adam"
 
     @property
     def views(self) -> int:
@@ -172,7 +176,8 @@ def tbkeras_step(job: Job) -> Callable[[], None]:
     else:
         model = StudentDistiller(*(ClassifierModel(backbone(n), NUM_CLASSES, name=n) for n in
                                    ("student", "invariant_teacher", "distinctive_teacher")), StudentConfig())
-    model.compile(optimizer=FusedAdam(1e-3), jit_compile=False)  # as fit_stage compiles it
+    adam = FusedAdam if job.adam == "fused" else keras.optimizers.Adam  # fused: as fit_stage compiles
+    model.compile(optimizer=adam(1e-3), jit_compile=False)
     element = tf.nest.map_structure(tf.constant, make_element(job))
     return lambda: model.train_on_batch(element, return_dict=True)
 
@@ -355,7 +360,7 @@ def torch_step(job: Job) -> Callable[[], None]:
                 d = ((p_t - torch.softmax(logits, -1)) ** 2).mean(dim=1)
                 return F.cross_entropy(logits[:nl], y) + 50.0 * d[:nl].mean() + 100.0 * d[nl:].mean()
 
-    optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)  # torch's fastest CPU Adam (BENCHMARKS.md)
+    optimizer = torch.optim.Adam(params, lr=1e-3, fused=job.adam == "fused")  # fused: the fastest on CPU
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -551,14 +556,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | stage | shape | precision | implementation | s/step | clips/s | GFLOP/s | torch s / this s |",
              "|---|---|---|---|---|---:|---:|---:|---:|"]
     for row in rows:
-        torch_s = row["runs"].get("torch", {}).get("median_seconds")
+        torch_s = min((run["median_seconds"] for label, run in row["runs"].items()  # torch's best
+                       if label.startswith("torch") and "median_seconds" in run), default=None)
         for label, run in row["runs"].items():
             if "error" in run:
                 lines.append(f"| {row['model']} | {row['stage']} | {row['shape']} | {row['precision']} | {label} | "
                              f"failed: {run['error'].splitlines()[-1][:80]} | | | |")
                 continue
             s = run["median_seconds"]
-            ratio = f"{torch_s / s:.2f}x" if torch_s and label != "torch" else ""
+            ratio = f"{torch_s / s:.2f}x" if torch_s and not label.startswith("torch") else ""
             lines.append(f"| {row['model']} | {row['stage']} | {row['shape']} | {row['precision']} | {label} | "
                          f"{s:.3g} | {row['clips_per_step'] / s:.3g} | {_figures(row['flops_per_step'] / s / 1e9)} | "
                          f"{ratio} |")
@@ -608,6 +614,7 @@ def main(argv):
     _check_choices("precisions", FLAGS.precisions, PRECISIONS)
     _check_choices("impls", FLAGS.impls, ("tbkeras", "torch"))
     _check_choices("strided_convs", FLAGS.strided_convs, ("native", "subsample"))
+    _check_choices("adams", FLAGS.adams, ("fused", "unfused"))
     if "torch" in FLAGS.impls and importlib.util.find_spec("torch") is None:
         raise app.UsageError("torch is not installed: pip install -r benchmarks/requirements-torch.txt "
                              "(CPU wheels), or pass --impls=tbkeras")
@@ -634,17 +641,16 @@ def main(argv):
     global_frames = FLAGS.ssl_global_frames or FLAGS.ssl_frames
     fwd = {m: forward_flops(m, width, sizes[m], tuple(sorted({FLAGS.frames, FLAGS.ssl_frames, global_frames})))
            for m in FLAGS.models}
-    variants = [("tbkeras", sc) for sc in FLAGS.strided_convs if "tbkeras" in FLAGS.impls]
-    variants += [("torch", "")] if "torch" in FLAGS.impls else []
+    variants = [("tbkeras", sc, adam) for sc in FLAGS.strided_convs for adam in FLAGS.adams if "tbkeras" in FLAGS.impls]
+    variants += [("torch", "", adam) for adam in FLAGS.adams if "torch" in FLAGS.impls]
     rows: list[dict[str, Any]] = []
     for model in FLAGS.models:
         for stage in FLAGS.stages:
             for precision in FLAGS.precisions:
                 jobs = [Job(impl, sc, model, stage, precision, width, sizes[model], batches[model], ssl_videos,
                             FLAGS.ssl_num_clips, FLAGS.ssl_frames, global_frames, FLAGS.frames, steps, warmup,
-                            FLAGS.threads,
-                            FLAGS.profile_steps)
-                        for impl, sc in variants]
+                            FLAGS.threads, FLAGS.profile_steps, adam)
+                        for impl, sc, adam in variants]
                 if len(rows) % 2:
                     jobs.reverse()  # alternate which implementation goes first
                 job = jobs[0]
